@@ -62,7 +62,9 @@ class Keyring:
         dek = new_key()
         aad = aad_for("value", self.vault_id, *context)
         ct = encrypt(dek, plaintext, aad)
-        wrapped = encrypt(self._keks[self.current], dek, aad_for("dek", self.vault_id, self.current, *context))
+        wrapped = encrypt(
+            self._keks[self.current], dek, aad_for("dek", self.vault_id, self.current, *context)
+        )
         return Sealed(ct, wrapped, self.current)
 
     def open(self, sealed: Sealed, context: tuple[str | int, ...]) -> bytes:
@@ -72,7 +74,9 @@ class Keyring:
     def rewrap(self, sealed: Sealed, context: tuple[str | int, ...]) -> Sealed:
         """Re-wrap the data key under the current KEK; the value ciphertext is untouched."""
         dek = self._unwrap_dek(sealed, context)
-        wrapped = encrypt(self._keks[self.current], dek, aad_for("dek", self.vault_id, self.current, *context))
+        wrapped = encrypt(
+            self._keks[self.current], dek, aad_for("dek", self.vault_id, self.current, *context)
+        )
         return Sealed(sealed.ciphertext, wrapped, self.current)
 
     def _unwrap_dek(self, sealed: Sealed, context: tuple[str | int, ...]) -> bytes:

@@ -39,6 +39,8 @@ def public_key_pem(private_pem: bytes) -> str:
         key = serialization.load_pem_private_key(private_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise DecryptionError("stored private key is unreadable") from exc
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )

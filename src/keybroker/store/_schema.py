@@ -145,7 +145,9 @@ secret_versions = sa.Table(
 audit_log = sa.Table(
     "kb_audit_log",
     metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
+    sa.Column(
+        "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
     sa.Column("ts", sa.String(40), nullable=False),
     sa.Column("actor", sa.String(256), nullable=False),
     sa.Column("action", sa.String(64), nullable=False),
