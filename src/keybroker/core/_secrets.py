@@ -701,7 +701,7 @@ class SecretService:
             row = self._secret_row(conn, scope, name, allow_deleted=True)
         return self._meta(scope, row)
 
-    def list(
+    def list_secrets(
         self, principal: Principal, scope: Scope, *, prefix: str = "", include_deleted: bool = False
     ) -> list[SecretMeta]:
         self._authorize(principal, "list", scope, None, "secret.list")
