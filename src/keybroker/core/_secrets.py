@@ -9,7 +9,7 @@ cannot be committed returns no value (fail closed).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from keybroker.core._models import Scope, SecretMeta, SecretRead, VersionMeta
 from keybroker.core._names import check_risk, check_scope_name, check_secret_name
 from keybroker.core._principal import Principal
 from keybroker.core._vault import Vault
-from keybroker.crypto import Sealed, SecretValue, generate_keypair
+from keybroker.crypto import Keyring, Sealed, SecretValue, generate_keypair
 from keybroker.errors import (
     AlreadyExists,
     AuditUnavailable,
@@ -273,86 +273,160 @@ class SecretService:
         self._authorize(principal, "write", scope, name, action)
         kr = self.vault.keyring()
         now = self.clock.now()
-        s, sv = tables.secrets, tables.secret_versions
         with self.store.begin() as conn:
-            env_id = self._env_id(conn, scope)
-            row = conn.execute(
-                sa.select(s).where(s.c.environment_id == env_id, s.c.name == name).with_for_update()
-            ).first()
-            if row is None:
-                if cas not in (None, 0):
-                    raise CasMismatch(
-                        f"check-and-set failed: {name!r} does not exist (expected version {cas})",
-                        expected=cas,
-                        actual=0,
-                    )
-                values = {"tags": [], "custom_metadata": {}, **metadata}
-                sid = conn.execute(
-                    sa.insert(s)
-                    .values(
-                        environment_id=env_id,
-                        name=name,
-                        kind=kind,
-                        latest_version=0,
-                        created_at=now,
-                        updated_at=now,
-                        **values,
-                    )
-                    .returning(s.c.id)
-                ).scalar_one()
-                latest, current = 0, None
-                created = True
-            else:
-                if row.deleted_at is not None:
-                    raise SecretDeleted(f"secret {name!r} is deleted: undelete it before writing")
-                if (cas is None and row.cas_required) or (cas is not None and cas != row.latest_version):
-                    raise CasMismatch(
-                        f"check-and-set failed for {name!r}: latest version is {row.latest_version}"
-                        + (f", not {cas}" if cas is not None else " and this secret requires --cas"),
-                        expected=cas,
-                        actual=int(row.latest_version),
-                    )
-                sid, latest, current = row.id, int(row.latest_version), row.current_version
-                created = False
-            version = latest + 1
-            sealed = kr.seal(raw, (scope.org, scope.project, scope.environment, name, version))
-            conn.execute(
-                sa.insert(sv).values(
-                    secret_id=sid,
-                    version=version,
-                    ciphertext=sealed.ciphertext,
-                    wrapped_dek=sealed.wrapped_dek,
-                    kek_id=sealed.kek_id,
-                    public_key=public_key,
-                    created_at=now,
-                    created_by=principal.label,
-                )
+            ev, final = self._write(
+                conn, kr, principal, scope, name, raw, cas, label, kind, public_key, action, metadata, now
             )
-            upd: dict[str, Any] = {"latest_version": version, "updated_at": now}
-            if label == "current":
-                upd.update(current_version=version, previous_version=current)
-                if row is not None and row.pending_version is not None:
-                    upd["pending_version"] = None
-            else:
-                upd["pending_version"] = version
-            if not created:
-                upd.update(metadata)
-            conn.execute(sa.update(s).where(s.c.id == sid).values(**upd))
-            self._prune(conn, sid, {**dict(row._mapping), **upd} if row is not None else {**upd, **metadata})
-            self.audit.append(
-                conn,
-                principal,
-                action,
-                scope.path(name),
-                version=version,
-                value_hmac=kr.audit_hmac(raw),
-                detail={"label": label},
-            )
-            kind_ev = "rotated" if label == "pending" else ("created" if created else "updated")
-            ev = self._emit(conn, scope, name, kind_ev, version)
-            final = conn.execute(sa.select(s).where(s.c.id == sid)).one()
         self._notify([ev])
         return self._meta(scope, final)
+
+    def _write(
+        self,
+        conn: Connection,
+        kr: Keyring,
+        principal: Principal,
+        scope: Scope,
+        name: str,
+        raw: bytes,
+        cas: int | None,
+        label: str,
+        kind: str,
+        public_key: str | None,
+        action: str,
+        metadata: dict[str, Any],
+        now: datetime,
+    ) -> tuple[ChangeEvent, Row[Any]]:
+        """One new version inside the caller's transaction (with its audit record and event)."""
+        s, sv = tables.secrets, tables.secret_versions
+        env_id = self._env_id(conn, scope)
+        row = conn.execute(
+            sa.select(s).where(s.c.environment_id == env_id, s.c.name == name).with_for_update()
+        ).first()
+        if row is None:
+            if cas not in (None, 0):
+                raise CasMismatch(
+                    f"check-and-set failed: {name!r} does not exist (expected version {cas})",
+                    expected=cas,
+                    actual=0,
+                )
+            values = {"tags": [], "custom_metadata": {}, **metadata}
+            sid = conn.execute(
+                sa.insert(s)
+                .values(
+                    environment_id=env_id,
+                    name=name,
+                    kind=kind,
+                    latest_version=0,
+                    created_at=now,
+                    updated_at=now,
+                    **values,
+                )
+                .returning(s.c.id)
+            ).scalar_one()
+            latest, current = 0, None
+            created = True
+        else:
+            if row.deleted_at is not None:
+                raise SecretDeleted(f"secret {name!r} is deleted: undelete it before writing")
+            if (cas is None and row.cas_required) or (cas is not None and cas != row.latest_version):
+                raise CasMismatch(
+                    f"check-and-set failed for {name!r}: latest version is {row.latest_version}"
+                    + (f", not {cas}" if cas is not None else " and this secret requires --cas"),
+                    expected=cas,
+                    actual=int(row.latest_version),
+                )
+            sid, latest, current = row.id, int(row.latest_version), row.current_version
+            created = False
+        version = latest + 1
+        sealed = kr.seal(raw, (scope.org, scope.project, scope.environment, name, version))
+        conn.execute(
+            sa.insert(sv).values(
+                secret_id=sid,
+                version=version,
+                ciphertext=sealed.ciphertext,
+                wrapped_dek=sealed.wrapped_dek,
+                kek_id=sealed.kek_id,
+                public_key=public_key,
+                created_at=now,
+                created_by=principal.label,
+            )
+        )
+        upd: dict[str, Any] = {"latest_version": version, "updated_at": now}
+        if label == "current":
+            upd.update(current_version=version, previous_version=current)
+            if row is not None and row.pending_version is not None:
+                upd["pending_version"] = None
+        else:
+            upd["pending_version"] = version
+        if not created:
+            upd.update(metadata)
+        conn.execute(sa.update(s).where(s.c.id == sid).values(**upd))
+        self._prune(conn, sid, {**dict(row._mapping), **upd} if row is not None else {**upd, **metadata})
+        self.audit.append(
+            conn,
+            principal,
+            action,
+            scope.path(name),
+            version=version,
+            value_hmac=kr.audit_hmac(raw),
+            detail={"label": label},
+        )
+        kind_ev = "rotated" if label == "pending" else ("created" if created else "updated")
+        ev = self._emit(conn, scope, name, kind_ev, version)
+        final = conn.execute(sa.select(s).where(s.c.id == sid)).one()
+        return ev, final
+
+    def put_many(
+        self,
+        principal: Principal,
+        scope: Scope,
+        items: Mapping[str, SecretValue | str | bytes],
+        *,
+        action: str = "secret.write",
+        skip_existing: bool = False,
+    ) -> list[str]:
+        """Write many secrets in ONE transaction (all or nothing), each with its own version,
+        audit record and event. With ``skip_existing`` names that already exist are left alone.
+        Returns the names written."""
+        for name in items:
+            check_secret_name(name)
+            self._authorize(principal, "write", scope, name, action)
+        kr = self.vault.keyring()
+        now = self.clock.now()
+        events: list[ChangeEvent] = []
+        written: list[str] = []
+        with self.store.begin() as conn:
+            existing: set[str] = set()
+            if skip_existing:
+                env_id = self._env_id(conn, scope)
+                s = tables.secrets
+                existing = set(
+                    conn.execute(
+                        sa.select(s.c.name).where(s.c.environment_id == env_id, s.c.name.in_(list(items)))
+                    ).scalars()
+                )
+            for name, value in items.items():
+                if name in existing:
+                    continue
+                ev, _ = self._write(
+                    conn,
+                    kr,
+                    principal,
+                    scope,
+                    name,
+                    _as_bytes(value),
+                    None,
+                    "current",
+                    "generic",
+                    None,
+                    action,
+                    {},
+                    now,
+                )
+                events.append(ev)
+                written.append(name)
+        self._notify(events)
+        return written
 
     def _prune(self, conn: Connection, sid: int, row: dict[str, Any]) -> None:
         """Keep at most ``max_versions`` versions (labelled versions are always kept)."""
