@@ -127,10 +127,20 @@ class _Binding:
 
 
 def _preview(text: str) -> str:
-    """At most ``_PREVIEW_MAX`` characters of what precedes ``=`` on the statement's first line."""
+    """The name before ``=`` (or the first word) on the statement's first line, but only when it
+    looks like an identifier of at most 32 characters; otherwise nothing. A raw token pasted on a
+    line of its own must not be echoed, not even in part."""
     first_line = _newline.split(text, maxsplit=1)[0]
     head = first_line.split("=", 1)[0].strip()
-    return head if len(head) <= _PREVIEW_MAX else head[:_PREVIEW_MAX] + "..."
+    word = (
+        head.split()[-1]
+        if head.startswith("export ") and len(head.split()) > 1
+        else (head.split() or [""])[0]
+    )
+    return word if _preview_ok.fullmatch(word) else ""
+
+
+_preview_ok = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,31}")
 
 
 def _decode_escapes(regex: re.Pattern[str], string: str) -> str:
@@ -173,6 +183,7 @@ def _parse_binding(reader: _Reader) -> _Binding | None:
     if not reader.has_next():
         return None
     start, line = reader.pos, reader.line
+    key: str | None = None
     try:
         reader.read_regex(_export)
         key = _parse_key(reader)
@@ -194,7 +205,9 @@ def _parse_binding(reader: _Reader) -> _Binding | None:
         return _Binding(key, value, quote, line, None, "" if key is None else _preview(key))
     except _ParseError as exc:
         reader.read_regex(_rest_of_line)
-        return _Binding(None, None, "", line, exc.reason, _preview(reader.text[start:]))
+        # Show the key when we got that far: text after it may be a value.
+        preview = _preview(key) if key is not None else _preview(reader.text[start:])
+        return _Binding(None, None, "", line, exc.reason, preview)
 
 
 def _bindings(text: str) -> list[_Binding]:
