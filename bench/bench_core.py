@@ -40,7 +40,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def pct(xs: list[float], p: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def summarize(lat_s: list[float]) -> dict[str, float]:
