@@ -88,6 +88,8 @@ class Argon2Params:
 
     MIN_MEMORY_KIB = 19 * 1024
     MIN_TIME = 2
+    MIN_PARALLELISM = 1
+    MIN_SALT = 16
 
     def __init__(self, salt: bytes, memory_kib: int = 65536, time_cost: int = 3, parallelism: int = 1):
         self.salt = salt
@@ -115,8 +117,15 @@ class Argon2Params:
 
 def derive_argon2id(passphrase: str, params: Argon2Params) -> bytes:
     """Root key from a passphrase. Refuses parameters weaker than OWASP's minimum."""
-    if params.memory_kib < Argon2Params.MIN_MEMORY_KIB or params.time_cost < Argon2Params.MIN_TIME:
-        raise InvalidInput("Argon2id parameters are below OWASP's minimum (m>=19 MiB, t>=2)")
+    if (
+        params.memory_kib < Argon2Params.MIN_MEMORY_KIB
+        or params.time_cost < Argon2Params.MIN_TIME
+        or params.parallelism < Argon2Params.MIN_PARALLELISM
+        or len(params.salt) < Argon2Params.MIN_SALT
+    ):
+        raise InvalidInput(
+            "Argon2id parameters are below OWASP's minimum (m>=19 MiB, t>=2, p>=1, salt>=16 bytes)"
+        )
     if not passphrase:
         raise InvalidInput("the passphrase is empty")
     return hash_secret_raw(
