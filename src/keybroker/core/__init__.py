@@ -3,6 +3,7 @@
 from keybroker.core._access import ACTIONS, Authorizer, LocalOwnerAuthorizer
 from keybroker.core._audit import AuditEntry, AuditLog, VerifyResult
 from keybroker.core._clock import Clock, ManualClock, SystemClock
+from keybroker.core._events import Event, EventBus, EventFilter, Subscription, SubscriptionLagged
 from keybroker.core._models import Scope, SecretMeta, SecretRead, VersionMeta
 from keybroker.core._names import RISK_LEVELS, check_risk, check_scope_name, check_secret_name
 from keybroker.core._principal import Principal, local_principal
@@ -27,6 +28,9 @@ __all__ = [
     "Authorizer",
     "ChangeEvent",
     "Clock",
+    "Event",
+    "EventBus",
+    "EventFilter",
     "KeyFileRoot",
     "KeychainRoot",
     "LocalOwnerAuthorizer",
@@ -40,6 +44,8 @@ __all__ = [
     "SecretMeta",
     "SecretRead",
     "SecretService",
+    "Subscription",
+    "SubscriptionLagged",
     "SystemClock",
     "Vault",
     "VerifyResult",
