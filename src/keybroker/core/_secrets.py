@@ -702,6 +702,8 @@ class SecretService:
             raise VersionNotFound(
                 f"version {version} of {name!r} is deleted", version=version, state="deleted"
             )
+        if vrow.kek_id is not None and not kr.has(int(vrow.kek_id)):
+            self.vault.ensure_kek(int(vrow.kek_id), conn)  # re-wrapped by another replica's rekey
         try:
             raw = kr.open(
                 Sealed(vrow.ciphertext, vrow.wrapped_dek, int(vrow.kek_id)),

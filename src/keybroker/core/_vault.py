@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from keybroker.core._audit import AuditLog
 from keybroker.core._clock import Clock, SystemClock
@@ -154,7 +155,10 @@ class KeychainRoot:
             raise UnsealFailed(f"the OS keychain is not available: {type(exc).__name__}") from exc
         if not raw:
             raise UnsealFailed("the OS keychain holds no root key for this vault")
-        return base64.b64decode(raw)
+        try:
+            return base64.b64decode(raw, validate=True)
+        except ValueError as exc:
+            raise UnsealFailed("the OS keychain entry for this vault is not a base64 key") from exc
 
 
 class RawRoot:
@@ -322,6 +326,15 @@ class Vault:
             self._root = root
             self._keyring = Keyring(vault_id, root, keks, current)
             self._last_used = self.clock.now()
+
+    def ensure_kek(self, kek_id: int, conn: Connection) -> None:
+        """Load a KEK created since unseal (another replica's rekey) so reads keep working."""
+        kr, root = self._keyring, self._root
+        if kr is None or root is None or kr.has(kek_id):
+            return
+        rows = conn.execute(sa.select(tables.keks).where(tables.keks.c.id == kek_id)).all()
+        for r in rows:
+            kr.add_kek(int(r.id), Keyring.unwrap_kek(root, kr.vault_id, int(r.id), r.wrapped), False)
 
     def seal(self, principal: Principal) -> None:
         with self._lock:

@@ -112,7 +112,10 @@ class Argon2Params:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Argon2Params:
-        return cls(bytes.fromhex(str(d["salt"])), int(str(d["m"])), int(str(d["t"])), int(str(d["p"])))
+        try:
+            return cls(bytes.fromhex(str(d["salt"])), int(str(d["m"])), int(str(d["t"])), int(str(d["p"])))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidInput("the stored Argon2id parameters are missing or malformed") from exc
 
 
 def derive_argon2id(passphrase: str, params: Argon2Params) -> bytes:

@@ -66,7 +66,9 @@ class Store:
 
             @event.listens_for(engine, "begin")
             def _on_begin(conn: Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # read-only work (Store.connect) takes no write lock: WAL readers never block
+                read_only = conn.get_execution_options().get("kb_read_only", False)
+                conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
             return engine
         if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
@@ -91,7 +93,8 @@ class Store:
         try:
             if self.dialect == "sqlite":
                 with self.engine.connect() as conn:
-                    # pysqlite autocommit mode: each statement sees the latest commit
+                    # SQLAlchemy autobegins: mark it so _on_begin issues a plain (deferred) BEGIN
+                    conn.execution_options(kb_read_only=True)
                     yield conn
             else:
                 with self.engine.connect() as conn:
