@@ -540,7 +540,11 @@ class SecretService:
     def rollback(self, principal: Principal, scope: Scope, name: str, version: int) -> SecretMeta:
         """Write the value of ``version`` again as a new current version (as Vault does)."""
         old = self.get(principal, scope, name, version=version, resolve=False, action="secret.rollback-read")
-        return self.put(principal, scope, name, old.value, action="secret.rollback")
+        # check-and-set against what was read: works with cas_required, and a concurrent write
+        # between the read and the write is reported instead of silently overwritten
+        return self.put(
+            principal, scope, name, old.value, cas=old.meta.latest_version, action="secret.rollback"
+        )
 
     def delete(
         self, principal: Principal, scope: Scope, name: str, versions: list[int] | None = None
