@@ -10,17 +10,29 @@ from sqlalchemy.engine import Dialect
 
 __all__ = [
     "UTCDateTime",
+    "access_approvals",
+    "access_requests",
+    "agent_tools",
     "audit_head",
     "audit_log",
     "environments",
     "events",
+    "identities",
     "keks",
+    "kv_config",
+    "login_challenges",
+    "login_lockouts",
     "meta",
     "metadata",
     "orgs",
     "projects",
+    "proxy_tokens",
+    "role_bindings",
     "secret_versions",
     "secrets",
+    "session_secrets",
+    "sessions",
+    "tokens",
 ]
 
 
@@ -183,4 +195,203 @@ events = sa.Table(
     sa.Column("name", sa.String(256), nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("version", sa.Integer, nullable=True),
+)
+
+# -- identities, roles, tokens (migration 0002) ------------------------------------------------
+
+identities = sa.Table(
+    "kb_identities",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("kb_orgs.id"), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("sys_admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("client_id", sa.String(64), nullable=True, unique=True),
+    sa.Column("secret_salt", sa.LargeBinary, nullable=True),
+    sa.Column("secret_hash", sa.String(64), nullable=True),
+    sa.Column("public_key", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("disabled_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("org_id", "name", name="uq_kb_identities_org_name"),
+)
+
+role_bindings = sa.Table(
+    "kb_role_bindings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("identity_id", sa.String(32), sa.ForeignKey("kb_identities.id"), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("identity_id", "project", name="uq_kb_role_bindings_identity_project"),
+)
+
+tokens = sa.Table(
+    "kb_tokens",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("kb_orgs.id"), nullable=False),
+    sa.Column("identity_id", sa.String(32), sa.ForeignKey("kb_identities.id"), nullable=False, index=True),
+    sa.Column("parent_id", sa.String(40), sa.ForeignKey("kb_tokens.id"), nullable=True, index=True),
+    sa.Column("display_name", sa.String(128), nullable=False, server_default=""),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("scope", sa.JSON, nullable=False),
+    sa.Column("cidrs", sa.JSON, nullable=False),
+    sa.Column("ttl_s", sa.Integer, nullable=True),
+    sa.Column("num_uses", sa.Integer, nullable=True),
+    sa.Column("uses_left", sa.Integer, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("max_expires_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+login_challenges = sa.Table(
+    "kb_login_challenges",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("identity_id", sa.String(32), sa.ForeignKey("kb_identities.id"), nullable=False),
+    sa.Column("nonce", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime, nullable=True),
+)
+
+login_lockouts = sa.Table(
+    "kb_login_lockouts",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_at", UTCDateTime, nullable=False),
+    sa.Column("locked_until", UTCDateTime, nullable=True),
+)
+
+kv_config = sa.Table(
+    "kb_kv_config",
+    metadata,
+    sa.Column("project_id", sa.Integer, sa.ForeignKey("kb_projects.id"), primary_key=True, autoincrement=False),
+    sa.Column("max_versions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cas_required", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("delete_version_after_s", sa.Integer, nullable=False, server_default="0"),
+)
+
+# -- agent access: tools, access requests, sessions, proxy tokens (migration 0003) -------------
+
+agent_tools = sa.Table(
+    "kb_agent_tools",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("org", sa.String(64), nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("tool_id", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("allowed_secrets", sa.JSON, nullable=False),
+    sa.Column("environments", sa.JSON, nullable=False),
+    sa.Column("max_risk", sa.String(8), nullable=False),
+    sa.Column("max_session_s", sa.Integer, nullable=False),
+    sa.Column("budget", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(256), nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("org", "agent_id", "tool_id", name="uq_kb_agent_tools_org_agent_tool"),
+)
+
+access_requests = sa.Table(
+    "kb_access_requests",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org", sa.String(64), nullable=False),
+    sa.Column("agent_id", sa.String(64), nullable=False),
+    sa.Column("tool_id", sa.String(64), nullable=False),
+    sa.Column("requested_by", sa.String(256), nullable=False),
+    sa.Column("principal_kind", sa.String(16), nullable=False),
+    sa.Column("principal_id", sa.String(160), nullable=False),
+    sa.Column("secrets", sa.JSON, nullable=False),
+    sa.Column("justification", sa.Text, nullable=False),
+    sa.Column("context", sa.JSON, nullable=False),
+    sa.Column("duration_s", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("policy", sa.String(128), nullable=False),
+    sa.Column("required_approvals", sa.Integer, nullable=False),
+    sa.Column("granted_duration_s", sa.Integer, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=True),
+    sa.Column("decided_by", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("session_id", sa.String(40), nullable=True),
+)
+sa.Index("ix_kb_access_requests_org_status", access_requests.c.org, access_requests.c.status)
+
+access_approvals = sa.Table(
+    "kb_access_approvals",
+    metadata,
+    sa.Column("request_id", sa.String(40), sa.ForeignKey("kb_access_requests.id"), primary_key=True),
+    sa.Column("approver", sa.String(256), primary_key=True),
+    sa.Column("duration_s", sa.Integer, nullable=True),
+    sa.Column("comment", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+sessions = sa.Table(
+    "kb_sessions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org", sa.String(64), nullable=False),
+    sa.Column("principal_kind", sa.String(16), nullable=False),
+    sa.Column("principal_id", sa.String(160), nullable=False),
+    sa.Column("identity_id", sa.String(64), nullable=True),
+    sa.Column("agent_id", sa.String(64), nullable=True),
+    sa.Column("tool_id", sa.String(64), nullable=True),
+    sa.Column("request_id", sa.String(40), nullable=True),
+    sa.Column("budget", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("ended_by", sa.String(256), nullable=True),
+    sa.Column("end_reason", sa.String(256), nullable=True),
+)
+sa.Index("ix_kb_sessions_agent", sessions.c.org, sessions.c.agent_id, sessions.c.tool_id)
+sa.Index("ix_kb_sessions_expires_at", sessions.c.expires_at)
+
+session_secrets = sa.Table(
+    "kb_session_secrets",
+    metadata,
+    sa.Column("session_id", sa.String(40), sa.ForeignKey("kb_sessions.id"), primary_key=True),
+    sa.Column("project", sa.String(64), primary_key=True),
+    sa.Column("environment", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(256), primary_key=True),
+)
+sa.Index(
+    "ix_kb_session_secrets_secret",
+    session_secrets.c.project,
+    session_secrets.c.environment,
+    session_secrets.c.name,
+)
+
+proxy_tokens = sa.Table(
+    "kb_proxy_tokens",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("session_id", sa.String(40), sa.ForeignKey("kb_sessions.id"), nullable=False, index=True),
+    sa.Column("org", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(64), nullable=False),
+    sa.Column("environment", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("route", sa.String(32), nullable=False),
+    sa.Column("hosts", sa.JSON, nullable=False),
+    sa.Column("max_requests", sa.BigInteger, nullable=True),
+    sa.Column("max_rpm", sa.Integer, nullable=True),
+    sa.Column("max_tokens", sa.BigInteger, nullable=True),
+    sa.Column("used_requests", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("used_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
 )
