@@ -184,3 +184,13 @@ def test_unknown_algorithm_and_unreadable_key() -> None:
         generate_keypair("dsa-1024")
     with pytest.raises(DecryptionError):
         public_key_pem(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+
+
+@pytest.mark.parametrize("algorithm", KEYPAIR_ALGORITHMS)
+def test_keypair_algorithm_from_public_key(algorithm: str) -> None:
+    from keybroker.crypto import keypair_algorithm
+
+    _, pub = generate_keypair(algorithm)
+    assert keypair_algorithm(pub) == algorithm
+    with pytest.raises(DecryptionError):
+        keypair_algorithm("not a pem")

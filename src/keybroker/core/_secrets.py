@@ -21,7 +21,7 @@ from keybroker.core._models import Scope, SecretMeta, SecretRead, VersionMeta
 from keybroker.core._names import check_risk, check_scope_name, check_secret_name
 from keybroker.core._principal import Principal
 from keybroker.core._vault import Vault
-from keybroker.crypto import Keyring, Sealed, SecretValue, generate_keypair
+from keybroker.crypto import Keyring, Sealed, SecretValue, generate_keypair, keypair_algorithm
 from keybroker.errors import (
     AlreadyExists,
     AuditUnavailable,
@@ -861,6 +861,8 @@ class SecretService:
             raise SecretNotFound(f"no key pair {name!r} in {scope.path()}")
         priv, pub = generate_keypair(algorithm)
         md = {**metadata, "custom_metadata": {**metadata.get("custom_metadata", {}), "algorithm": algorithm}}
+        if rotate:  # keep the pair's metadata, but record the algorithm now in use
+            md = {"custom_metadata": {**dict(row.custom_metadata or {}), "algorithm": algorithm}}
         meta = self.put(
             principal,
             scope,
@@ -869,7 +871,7 @@ class SecretService:
             kind="keypair",
             public_key=pub,
             action="keypair.rotate" if rotate else "keypair.generate",
-            **({} if rotate else md),
+            **md,
         )
         return meta, pub
 
@@ -890,4 +892,4 @@ class SecretService:
             if pub is None:
                 raise VersionNotFound(f"key pair {name!r} has no version {v}")
             self.audit.append(conn, principal, "keypair.public", scope.path(name), version=v)
-        return int(v), str((row.custom_metadata or {}).get("algorithm", "ed25519")), str(pub)
+        return int(v), keypair_algorithm(str(pub)), str(pub)

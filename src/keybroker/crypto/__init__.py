@@ -13,7 +13,12 @@ from keybroker.crypto._aead import (
     new_key,
 )
 from keybroker.crypto._envelope import Keyring, Sealed
-from keybroker.crypto._keypairs import KEYPAIR_ALGORITHMS, generate_keypair, public_key_pem
+from keybroker.crypto._keypairs import (
+    KEYPAIR_ALGORITHMS,
+    generate_keypair,
+    keypair_algorithm,
+    public_key_pem,
+)
 from keybroker.crypto._secret import SecretValue
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "encrypt",
     "generate_keypair",
     "keyed_hash",
+    "keypair_algorithm",
     "new_key",
     "public_key_pem",
 ]

@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keybroker.errors import DecryptionError, InvalidInput
 
-__all__ = ["KEYPAIR_ALGORITHMS", "generate_keypair", "public_key_pem"]
+__all__ = ["KEYPAIR_ALGORITHMS", "generate_keypair", "keypair_algorithm", "public_key_pem"]
 
 KEYPAIR_ALGORITHMS = ("ed25519", "ecdsa-p256", "rsa-3072")
 
@@ -44,3 +44,18 @@ def public_key_pem(private_pem: bytes) -> str:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+
+
+def keypair_algorithm(public_pem: str) -> str:
+    """The algorithm name of a stored public key (so every version reports its own)."""
+    try:
+        key = serialization.load_pem_public_key(public_pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise DecryptionError("stored public key is unreadable") from exc
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ecdsa-p256" if key.curve.name == "secp256r1" else f"ecdsa-{key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa-{key.key_size}"
+    return "unknown"
