@@ -204,7 +204,14 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        if self._replay_buffer is not None:
+        ev = await self.next_event(None)
+        assert ev is not None
+        return ev
+
+    async def next_event(self, timeout: float | None) -> Event | None:
+        """The next event, or ``None`` if none came within ``timeout`` seconds (for keep-alives).
+        Raises StopAsyncIteration once closed, SubscriptionLagged if dropped for lagging."""
+        if self._replay_buffer is not None and self._replayed is None:
             await self._load_replay()
         if self._replay_buffer:
             return self._replay_buffer.popleft()
@@ -213,7 +220,13 @@ class Subscription:
                 if self._closed and not self._lagged:
                     raise StopAsyncIteration
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                if timeout is None:
+                    await self._wakeup.wait()
+                else:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    except TimeoutError:
+                        return None
             item = self._queue.popleft()
             if item is _CLOSED:
                 self._queue.appendleft(_CLOSED)
@@ -228,8 +241,6 @@ class Subscription:
             return item
 
     async def _load_replay(self) -> None:
-        if self._replayed is not None:
-            return
         assert self.last_event_id is not None
         events = await asyncio.to_thread(self.bus.replay, self.filter, self.last_event_id)
         self._replayed = {e.id for e in events}
