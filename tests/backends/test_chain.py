@@ -65,7 +65,7 @@ def test_miss_everywhere(clock: ManualClock) -> None:
 
 
 def test_store_down_raises_by_default_or_skips(clock: ManualClock) -> None:
-    env, local, remote = stores(clock)
+    _, _, remote = stores(clock)
     hops: list[Hop] = []
     strict = ResolutionChain([Down("down", clock), remote], audit=hops.append)
     with pytest.raises(StoreError):

@@ -9,8 +9,15 @@ from typing import Any
 
 import pytest
 
-from keybroker.backends import EncryptedFileStore, EnvStore, EnvStoreWarning, KeyStore, MemoryStore, migrate
-from keybroker.backends import NativeStore
+from keybroker.backends import (
+    EncryptedFileStore,
+    EnvStore,
+    EnvStoreWarning,
+    KeyStore,
+    MemoryStore,
+    NativeStore,
+    migrate,
+)
 from keybroker.core import ManualClock, Scope, SecretService
 from keybroker.errors import AuthenticationError, InvalidInput, InvalidName, PermissionDenied, StoreError
 
@@ -66,7 +73,7 @@ def test_dry_run_writes_nothing(clock: ManualClock, tmp_path: Path) -> None:
 
 
 def test_report_never_holds_values(clock: ManualClock) -> None:
-    src, dst = MemoryStore("src", clock), MemoryStore("dst", clock)
+    src = MemoryStore("src", clock)
     src.put("GOOD", "canary-good-value")
     src.put("BAD", "canary-bad-value")
 
@@ -141,7 +148,7 @@ def test_auth_failure_stops_the_run(clock: ManualClock, faulty: Callable[[KeySto
 
 
 def test_permission_denied_on_one_secret_goes_on(clock: ManualClock) -> None:
-    src, dst = MemoryStore("src", clock), MemoryStore("dst", clock)
+    src = MemoryStore("src", clock)
     seed(src, 3)
 
     class NoS01(MemoryStore):

@@ -36,7 +36,7 @@ class Throttler:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PUT = do_LIST = _reply  # noqa: N815
+            do_GET = do_POST = do_PUT = do_LIST = _reply
 
             def log_message(self, *a: Any) -> None:
                 return None

@@ -16,10 +16,10 @@ from keybroker.backends import (
     KeyStore,
     MemoryStore,
     NativeStore,
+    _url,
     open_store,
     set_native_opener,
 )
-from keybroker.backends import _url
 from keybroker.core import Scope, SecretService
 from keybroker.errors import AuthenticationError, InvalidInput, UnsealFailed
 

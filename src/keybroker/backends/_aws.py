@@ -21,6 +21,8 @@ usual chain (environment, profile, instance role), never from a URL.
 from __future__ import annotations
 
 import functools
+import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -130,6 +132,7 @@ class AwsSecretsManagerStore:
             client = session.client(
                 "secretsmanager", endpoint_url=endpoint_url, config=config, **client_kwargs
             )
+            client.meta.events.register("before-parse.secrets-manager", _xml_errors_as_json)
         except bce.ProfileNotFound as exc:
             raise AuthenticationError(f"no AWS profile named {profile!r}") from exc
         except (bce.BotoCoreError, ValueError) as exc:
@@ -330,12 +333,18 @@ class AwsSecretsManagerStore:
             kw: dict[str, Any] = {"SecretId": sid, "IncludeDeprecated": True, "MaxResults": 100}
             if token:
                 kw["NextToken"] = token
-            resp = self._call(
-                functools.partial(self.client.list_secret_version_ids, **kw),
-                "list versions of",
-                name,
-                read=True,
-            )
+            try:
+                resp = self._call(
+                    functools.partial(self.client.list_secret_version_ids, **kw),
+                    "list versions of",
+                    name,
+                    read=True,
+                )
+            except StoreError:
+                # Some AWS-compatible servers (moto) fail this call with a 500 for a missing
+                # secret instead of ResourceNotFoundException: ask DescribeSecret, which says.
+                self.metadata(name)
+                raise
             out.extend(dict(v) for v in resp.get("Versions", []))
             token = resp.get("NextToken")
             if not token:
@@ -384,6 +393,20 @@ class AwsSecretsManagerStore:
         self.client.close()
 
 
+_XML_CODE = re.compile(rb"<Code>([A-Za-z0-9_.]{1,100})</Code>")
+
+
+def _xml_errors_as_json(response_dict: dict[str, Any], **_: Any) -> None:
+    """Some AWS-compatible endpoints (moto's IAM checks, proxies) answer a JSON-protocol call
+    with a query-style XML error; botocore then sees only the HTTP status. Keep the code."""
+    body = response_dict.get("body") or b""
+    if int(response_dict.get("status_code") or 0) < 400 or not body.lstrip().startswith(b"<"):
+        return
+    m = _XML_CODE.search(body)
+    if m:
+        response_dict["body"] = json.dumps({"__type": m.group(1).decode(), "message": ""}).encode()
+
+
 def _code_error(code: str, what: str, name: str, where: str, message: str = "") -> KeybrokerError:
     low = message.lower()
     if code == "ResourceNotFoundException":
@@ -402,6 +425,10 @@ def _code_error(code: str, what: str, name: str, where: str, message: str = "") 
         return InvalidInput(f"AWS rejected the request to {what} {name!r} ({code})", aws_code=code)
     if code in ("LimitExceededException",):
         return StoreError(f"an AWS quota was reached while trying to {what} {name!r}", aws_code=code)
+    if code == "401":
+        return AuthenticationError(f"AWS refused the credentials to {what} {name!r}")
+    if code == "403":
+        return PermissionDenied(f"AWS denied permission to {what} {name!r} in {where}")
     return StoreError(f"AWS failed to {what} {name!r} ({code or 'unknown error'})", aws_code=code)
 
 

@@ -62,7 +62,9 @@ def _print_report(console: Console, report: MigrationReport) -> None:
         console.print(table)
     if report.interrupted:
         console.print(Text(f"interrupted: {report.interrupted}"))
-        console.print(Text("run the same command again (same --state-file) to resume; nothing is copied twice"))
+        console.print(
+            Text("run the same command again (same --state-file) to resume; nothing is copied twice")
+        )
 
 
 def register(app: typer.Typer, *, native_opener: NativeOpener | None = None) -> None:
@@ -73,12 +75,16 @@ def register(app: typer.Typer, *, native_opener: NativeOpener | None = None) -> 
         ctx: typer.Context,
         source: Annotated[str, typer.Option("--from", help="Source store URL (nothing is deleted there).")],
         target: Annotated[str, typer.Option("--to", help="Target store URL.")],
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be copied; write nothing.")] = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Show what would be copied; write nothing.")
+        ] = False,
         state_file: Annotated[
             Path | None,
             typer.Option("--state-file", help="Remember progress here so an interrupted run can resume."),
         ] = None,
-        prefix: Annotated[str, typer.Option("--prefix", help="Only secrets whose names start with this.")] = "",
+        prefix: Annotated[
+            str, typer.Option("--prefix", help="Only secrets whose names start with this.")
+        ] = "",
         no_versions: Annotated[
             bool, typer.Option("--current-only", help="Copy current values only, not version history.")
         ] = False,

@@ -314,7 +314,10 @@ def _one(
             written += 1
     except KeybrokerError as exc:
         item = MigrationItem(
-            name, "failed", written, reason=f"writing to the target after {written} version(s): {_reason(exc)}"
+            name,
+            "failed",
+            written,
+            reason=f"writing to the target after {written} version(s): {_reason(exc)}",
         )
         if _fatal(exc):
             raise _Abort(item, f"the target failed: {_reason(exc)}") from exc
