@@ -56,8 +56,10 @@ NativeOpener = Callable[[Scope], tuple[SecretService, Principal]]
 _native_opener: NativeOpener | None = None
 
 _CREDENTIAL_PARAMS = ("token", "secret_id", "role_id", "password", "passphrase", "secret", "key", "root_key")
-_BUILTIN = ("vault", "vault+http", "vault+https", "openbao", "aws-sm", "file", "env", "keybroker")
-_BUILTIN += ("azure-kv", "gcp-sm")
+_BUILTIN = (
+    *("vault", "vault+http", "vault+https", "openbao"),
+    *("aws-sm", "file", "env", "keybroker", "azure-kv", "gcp-sm"),
+)
 
 
 def set_native_opener(opener: NativeOpener | None) -> None:
