@@ -18,15 +18,16 @@ TYPES = {
 }
 
 
-@pytest.mark.parametrize("algorithm", KEYPAIR_ALGORITHMS)
-def test_generate(secrets: SecretService, me, algorithm: str) -> None:  # type: ignore[no-untyped-def]
-    meta, pub = secrets.keypair_generate(me, S, "agents/planner", algorithm, owner="ml-team")
-    assert meta.kind == "keypair" and meta.latest_version == 1 and meta.owner == "ml-team"
-    assert meta.custom_metadata["algorithm"] == algorithm
-    priv = secrets.get(me, S, "agents/planner").value.reveal_bytes()
-    assert isinstance(serialization.load_pem_private_key(priv, password=None), TYPES[algorithm])
-    assert public_key_pem(priv) == pub
-    assert secrets.keypair_public(me, S, "agents/planner") == (1, algorithm, pub)
+def test_generate(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
+    for algorithm in KEYPAIR_ALGORITHMS:
+        name = f"agents/planner-{algorithm}"
+        meta, pub = secrets.keypair_generate(me, S, name, algorithm, owner="ml-team")
+        assert meta.kind == "keypair" and meta.latest_version == 1 and meta.owner == "ml-team"
+        assert meta.custom_metadata["algorithm"] == algorithm
+        priv = secrets.get(me, S, name).value.reveal_bytes()
+        assert isinstance(serialization.load_pem_private_key(priv, password=None), TYPES[algorithm])
+        assert public_key_pem(priv) == pub
+        assert secrets.keypair_public(me, S, name) == (1, algorithm, pub)
 
 
 def test_default_is_ed25519(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]

@@ -103,25 +103,26 @@ def test_deep_chain_is_refused(secrets: SecretService, me) -> None:  # type: ign
     assert read(secrets, me, "L8") == "bottom"
 
 
-@pytest.mark.parametrize(
-    "template",
-    [
-        "${MISSING}",
-        "${nope.dev.X}",  # project does not exist
-        "${default.nowhere.X}",  # environment does not exist
-        "${a.b}",  # neither form
-        "${a.b.c.d}",
-        "${}",
-        "${../x}",
-        "${default.dev.bad name}",
-        "${Bad.dev.X}",
-    ],
-)
-def test_missing_or_malformed_reference(secrets: SecretService, me, template: str) -> None:  # type: ignore[no-untyped-def]
-    secrets.put(me, S, "T", f"prefix {template} suffix")
-    with pytest.raises(ReferenceMissing) as info:
-        secrets.get(me, S, "T")
-    assert info.value.code == "reference_missing"
+MALFORMED = [
+    "${MISSING}",
+    "${nope.dev.X}",  # project does not exist
+    "${default.nowhere.X}",  # environment does not exist
+    "${a.b}",  # neither form
+    "${a.b.c.d}",
+    "${}",
+    "${../x}",
+    "${default.dev.bad name}",
+    "${Bad.dev.X}",
+]
+
+
+def test_missing_or_malformed_reference(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
+    for i, template in enumerate(MALFORMED):
+        secrets.put(me, S, f"T{i}", f"prefix {template} suffix")
+        with pytest.raises(ReferenceMissing) as info:
+            secrets.get(me, S, f"T{i}")
+        assert info.value.code == "reference_missing", template
+        assert read(secrets, me, f"T{i}", resolve=False) == f"prefix {template} suffix"
 
 
 def test_reference_to_deleted_or_destroyed(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]

@@ -388,13 +388,12 @@ def test_metadata_fields(secrets: SecretService, me, clock: ManualClock) -> None
         provider="openai",
         expires_at=expires,
         rotation_period_s=86400 * 7,
-        proxy_only=True,
     )
     assert (
         m.description == "prod key" and m.tags == ["llm", "billing"] and m.custom_metadata == {"team": "ml"}
     )
     assert m.owner == "alice@example.com" and m.risk == "high" and m.provider == "openai"
-    assert m.expires_at == expires and m.rotation_period_s == 604800 and m.proxy_only
+    assert m.expires_at == expires and m.rotation_period_s == 604800 and not m.proxy_only
     assert not m.expired and not m.rotation_due
     d = secrets.describe(me, S, "OPENAI_API_KEY")
     assert d == m
@@ -414,6 +413,7 @@ def test_metadata_fields(secrets: SecretService, me, clock: ManualClock) -> None
     u = secrets.update_metadata(me, S, "OPENAI_API_KEY", owner="bob@example.com", tags=[])
     assert u.owner == "bob@example.com" and u.tags == [] and u.risk == "high"
     assert value(secrets, me, "OPENAI_API_KEY") == "sk-2"
+    assert secrets.update_metadata(me, S, "OPENAI_API_KEY", proxy_only=True).proxy_only
 
 
 def test_expiry_and_rotation_due(secrets: SecretService, me, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
@@ -443,31 +443,34 @@ def test_rotation_due_is_not_reset_by_a_metadata_edit(secrets: SecretService, me
     assert secrets.describe(me, S, "KEY").rotation_due
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"risk": "extreme"},
-        {"risk": "HIGH"},
-        {"tags": "not-a-list"},
-        {"tags": [1, 2]},
-        {"custom_metadata": {"k": 1}},
-        {"expires_at": "2030-01-01"},
-        {"rotation_period_s": -5},
-        {"max_versions": "3"},
-        {"provider": "Open AI"},
-        {"provider": "x" * 40},
-        {"colour": "blue"},
-    ],
-)
-def test_metadata_validation(secrets: SecretService, me, bad: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(InvalidInput):
-        secrets.put(me, S, "KEY", "v", **bad)
-    with pytest.raises(SecretNotFound):
-        secrets.describe(me, S, "KEY")
+BAD_METADATA: list[dict[str, Any]] = [
+    {"risk": "extreme"},
+    {"risk": "HIGH"},
+    {"tags": "not-a-list"},
+    {"tags": [1, 2]},
+    {"custom_metadata": {"k": 1}},
+    {"expires_at": "2030-01-01"},
+    {"rotation_period_s": -5},
+    {"max_versions": "3"},
+    {"provider": "Open AI"},
+    {"provider": "x" * 40},
+    {"colour": "blue"},
+]
+
+
+def test_metadata_validation(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
     secrets.put(me, S, "KEY", "v")
-    with pytest.raises(InvalidInput):
-        secrets.update_metadata(me, S, "KEY", **bad)
-    assert secrets.describe(me, S, "KEY").risk == "low"
+    for bad in BAD_METADATA:
+        with pytest.raises(InvalidInput):
+            secrets.put(me, S, "NEW", "v", **bad)
+        with pytest.raises(SecretNotFound):
+            secrets.describe(me, S, "NEW")
+        with pytest.raises(InvalidInput):
+            secrets.put(me, S, "KEY", "v2", **bad)
+        with pytest.raises(InvalidInput):
+            secrets.update_metadata(me, S, "KEY", **bad)
+    m = secrets.describe(me, S, "KEY")
+    assert (m.risk, m.latest_version, m.provider, m.tags) == ("low", 1, "generic", [])
 
 
 def test_naive_expiry_is_refused(secrets: SecretService, me, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]

@@ -165,15 +165,23 @@ class AuditLog:
 
     def verify(self) -> VerifyResult:
         """Walk the whole chain. Names the first record that is edited, missing, inserted or out
-        of order, or a head that does not match the last record (records cut off the end)."""
+        of order, or a head that does not match the last record (records cut off the end).
+
+        Reads one consistent snapshot (records and head), so writes landing meanwhile are not
+        mistaken for tampering."""
+        with self.store.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            return self._verify(conn)
+
+    def _verify(self, conn: Connection) -> VerifyResult:
         expected_prev = GENESIS
         expected_seq = 1
         checked = 0
         t = tables.audit_log
         last = 0
         while True:
-            with self.store.connect() as conn:
-                rows = conn.execute(sa.select(t).where(t.c.seq > last).order_by(t.c.seq).limit(5000)).all()
+            rows = conn.execute(sa.select(t).where(t.c.seq > last).order_by(t.c.seq).limit(5000)).all()
             for r in rows:
                 fields = r._asdict()
                 seq = int(fields["seq"])
@@ -192,15 +200,20 @@ class AuditLog:
             if len(rows) < 5000:
                 break
             last = int(rows[-1].seq)
-        with self.store.connect() as conn:
-            head = conn.execute(sa.select(tables.audit_head).where(tables.audit_head.c.id == 1)).first()
+        head = conn.execute(sa.select(tables.audit_head).where(tables.audit_head.c.id == 1)).first()
         head_seq = int(head.seq) if head else 0
         head_hash = str(head.hash) if head else GENESIS
         if head_seq != checked or head_hash != expected_prev:
+            if head_seq > checked:
+                bad = checked + 1  # records cut off the end
+            elif head_seq < checked:
+                bad = head_seq + 1  # records added past the head
+            else:
+                bad = head_seq  # the last record or the head itself was changed
             return VerifyResult(
                 False,
                 checked,
-                checked + 1 if head_seq > checked else head_seq,
+                bad,
                 f"the chain head says {head_seq} records but {checked} are linked (records removed or added "
                 "at the end)",
                 head_seq,

@@ -233,7 +233,8 @@ class SecretService:
     def list_projects(self, principal: Principal, *, org: str = "default") -> list[dict[str, Any]]:
         self._authorize(principal, "list", None, None, "project.list")
         o, p, e = tables.orgs, tables.projects, tables.environments
-        with self.store.connect() as conn:
+        with self.store.begin() as conn:
+            self.audit.append(conn, principal, "project.list", org)
             rows = conn.execute(
                 sa.select(p.c.name, p.c.description, e.c.name.label("env"))
                 .select_from(o.join(p, p.c.org_id == o.c.id).outerjoin(e, e.c.project_id == p.c.id))
@@ -777,8 +778,9 @@ class SecretService:
 
     def describe(self, principal: Principal, scope: Scope, name: str) -> SecretMeta:
         self._authorize(principal, "list", scope, name, "secret.describe")
-        with self.store.connect() as conn:
+        with self.store.begin() as conn:
             row = self._secret_row(conn, scope, name, allow_deleted=True)
+            self.audit.append(conn, principal, "secret.describe", scope.path(name))
         return self._meta(scope, row)
 
     def list_secrets(
@@ -800,7 +802,8 @@ class SecretService:
     def history(self, principal: Principal, scope: Scope, name: str) -> list[VersionMeta]:
         self._authorize(principal, "list", scope, name, "secret.history")
         sv = tables.secret_versions
-        with self.store.connect() as conn:
+        with self.store.begin() as conn:
+            self.audit.append(conn, principal, "secret.history", scope.path(name))
             row = self._secret_row(conn, scope, name, allow_deleted=True)
             vrows = conn.execute(
                 sa.select(sv.c.version, sv.c.created_at, sv.c.created_by, sv.c.deleted_at, sv.c.destroyed_at)

@@ -304,8 +304,14 @@ class Vault:
                 raise
             what = "passphrase" if meta.get("root_kind") == "passphrase" else "root key"
             raise UnsealFailed(f"wrong {what}: the vault stays sealed and nothing was changed") from None
+        before = (self._keyring, self._root)
         self._load_keyring(vault_id, root, meta)
-        self._safe_record(principal, "vault.unseal", "ok")
+        try:
+            self._safe_record(principal, "vault.unseal", "ok")
+        except KeybrokerError:
+            with self._lock:  # an unseal that cannot be audited does not happen (fail closed)
+                self._keyring, self._root = before
+            raise
 
     def _safe_record(self, principal: Principal, action: str, result: str) -> None:
         try:
