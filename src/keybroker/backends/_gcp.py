@@ -321,17 +321,27 @@ class GcpSecretManagerStore:
             close()
 
 
+def _rest_status(exc: g_exc.GoogleAPIError) -> str:
+    """The canonical status name of a REST error body ("FAILED_PRECONDITION"): over REST the
+    client picks the exception class by HTTP status alone, and 400 covers several of them."""
+    try:
+        body = exc.response.json()  # type: ignore[attr-defined]
+        return str(body.get("error", {}).get("status", ""))
+    except Exception:  # noqa: BLE001 - no JSON body: nothing more to learn
+        return ""
+
+
 def _translate(exc: g_exc.GoogleAPIError, what: str, name: str, where: str) -> KeybrokerError:
+    if isinstance(exc, g_exc.FailedPrecondition) or _rest_status(exc) == "FAILED_PRECONDITION":
+        return SecretDeleted(f"the version of {name!r} asked for is disabled or destroyed")
     if isinstance(exc, g_exc.NotFound):
         return SecretNotFound(f"no secret {name!r} in {where}")
-    if isinstance(exc, g_exc.Unauthenticated):
+    if isinstance(exc, g_exc.Unauthenticated | g_exc.Unauthorized):
         return AuthenticationError(f"Google refused the credentials to {what} {name!r}")
-    if isinstance(exc, g_exc.PermissionDenied):
+    if isinstance(exc, g_exc.PermissionDenied | g_exc.Forbidden):
         return PermissionDenied(f"Google denied permission to {what} {name!r} in {where}")
     if isinstance(exc, g_exc.TooManyRequests | g_exc.ResourceExhausted):
         return throttled(f"Secret Manager is throttling requests ({what} {name!r})")
-    if isinstance(exc, g_exc.FailedPrecondition):
-        return SecretDeleted(f"the version of {name!r} asked for is disabled or destroyed")
     if isinstance(exc, g_exc.AlreadyExists):
         return AlreadyExists(f"secret {name!r} already exists in {where}")
     if isinstance(exc, g_exc.InvalidArgument | g_exc.BadRequest):
