@@ -247,7 +247,9 @@ def _translate(exc: az_exc.AzureError, what: str, name: str, where: str) -> Keyb
         code = str(getattr(exc.error, "code", "") or "")
         if status == 429:
             return throttled(f"Key Vault is throttling requests ({what} {name!r})")
-        if status == 409 and "Deleted" in code:
+        inner = str(getattr(getattr(exc.error, "innererror", None), "get", lambda *_: "")("code") or "")
+        text = str(getattr(exc.error, "message", "") or "").lower()
+        if status == 409 and ("Deleted" in code or "Deleted" in inner or "deleted" in text):
             return SecretDeleted(f"secret {name!r} in {where} is deleted (recover or purge it first)")
         if status == 401:
             return AuthenticationError(f"Key Vault refused the credentials to {what} {name!r}")
