@@ -81,9 +81,8 @@ class UnsealBody(_Body):
     migrate: bool = False
 
 
-@sys_router.api_route(
+@sys_router.get(
     "/health",
-    methods=["GET", "HEAD"],
     summary="Health (Vault-compatible: 200 unsealed, 503 sealed, 501 not initialised)",
     responses={
         200: {"description": "initialised and unsealed"},
@@ -116,9 +115,7 @@ def get_seal_status(kb: Kb) -> dict[str, Any]:
     return seal_status(kb)
 
 
-@sys_router.api_route(
-    "/unseal", methods=["POST", "PUT"], summary="Unseal with the passphrase (or the root key)"
-)
+@sys_router.post("/unseal", summary="Unseal with the passphrase (or the root key)")
 def unseal(body: UnsealBody, request: Request, kb: Kb) -> dict[str, Any]:
     kb.tokens.check_address(client_address(request))
     if body.reset:
@@ -145,12 +142,24 @@ def unseal(body: UnsealBody, request: Request, kb: Kb) -> dict[str, Any]:
     return seal_status(kb)
 
 
-@sys_router.api_route("/seal", methods=["POST", "PUT"], status_code=204, summary="Seal (system operator)")
+@sys_router.post("/seal", status_code=204, summary="Seal (system operator)")
 def seal(kb: Kb, p: Caller) -> Response:
     if not kb.authorizer.is_sys(p):
         raise PermissionDenied("only the system operator may seal the vault")
     kb.vault.seal(p)
     return Response(status_code=204)
+
+
+# the same handlers under the other methods Vault clients use (own operation ids in the spec)
+sys_router.add_api_route(
+    "/health", health, methods=["HEAD"], operation_id="health_head", summary="Health (HEAD)"
+)
+sys_router.add_api_route(
+    "/unseal", unseal, methods=["PUT"], operation_id="unseal_put", summary="Unseal (PUT)"
+)
+sys_router.add_api_route(
+    "/seal", seal, methods=["PUT"], status_code=204, operation_id="seal_put", summary="Seal (PUT)"
+)
 
 
 # ------------------------------------------------------------------ organizations

@@ -56,6 +56,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for fn in app.state.on_startup:
+            fn()
         yield
         # graceful shutdown: uvicorn has drained the requests; wipe keys, close the pool
         for fn in app.state.on_shutdown:
@@ -76,11 +78,13 @@ def create_app(
         ),
         lifespan=lifespan,
         strict_content_type=False,
+        redirect_slashes=False,
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
     )
     app.state.kb = kb
+    app.state.on_startup = []
     app.state.on_shutdown = []
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=kb.metrics)
@@ -102,8 +106,10 @@ def create_app(
 
 
 def _mount_events(app: FastAPI, kb: Services) -> None:
-    """The change stream lives in ``keybroker.server._events`` (owned by the SDK work): if that
-    module exists, its ``install(app, services)`` is called, or else its ``router`` included."""
+    """The change stream lives in ``keybroker.server._events`` (owned by the SDK work). If that
+    module defines ``install(app, services)`` it is called; else if it defines
+    ``events_router(principal=, bus=, authorizer=)`` an EventBus is attached to the secret
+    service (started and closed with the app) and the router included; else its ``router``."""
     try:
         mod: Any = importlib.import_module("keybroker.server._events")
     except ModuleNotFoundError as exc:
@@ -111,7 +117,20 @@ def _mount_events(app: FastAPI, kb: Services) -> None:
             raise
         return
     install = getattr(mod, "install", None)
+    factory = getattr(mod, "events_router", None)
     if callable(install):
         install(app, kb)
+    elif callable(factory):
+        from keybroker.core import EventBus
+        from keybroker.server._auth import principal
+
+        bus = EventBus(kb.vault.store, poll_interval=kb.settings.events_poll_s or None)
+        bus.attach(kb.secrets)
+        kb.extras["events_bus"] = bus
+        app.state.on_startup.append(bus.start)
+        app.state.on_shutdown.append(bus.close)
+        app.include_router(
+            factory(principal=principal, bus=lambda _r: bus, authorizer=lambda _r: kb.authorizer)
+        )
     elif getattr(mod, "router", None) is not None:
         app.include_router(mod.router)

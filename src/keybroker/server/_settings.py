@@ -55,6 +55,9 @@ class ServerSettings(BaseSettings):
     access_log: bool = True
     log_level: str = "info"
     graceful_timeout_s: float = 10.0
+    #: seconds between polls of the change table for events written by other processes (0: off;
+    #: PostgreSQL replicas use LISTEN/NOTIFY and need no polling)
+    events_poll_s: float = 1.0
 
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.home / 'vault.db'}"
