@@ -93,8 +93,8 @@ def register(app: typer.Typer, *, native_opener: NativeOpener | None = None) -> 
         """Copy every secret from one store to another: vault://, aws-sm://, file://, env://,
         keybroker://PROJECT/ENV. Credentials come from the environment, never the URL.
         Resumable with --state-file; exits 1 if anything failed."""
-        err = Console(file=sys.stderr, highlight=False)
-        out = Console(file=sys.stdout, highlight=False)
+        err = Console(file=sys.stderr, highlight=False, width=None if sys.stderr.isatty() else 200)
+        out = Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 200)
         opener = _state_opener(ctx) or native_opener
         stores: list[KeyStore] = []
         try:
