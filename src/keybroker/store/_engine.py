@@ -20,7 +20,14 @@ __all__ = ["Store", "translate_db_error"]
 def translate_db_error(err: BaseException) -> KeybrokerError:
     """Map a database driver error onto the keybroker tree. Messages name no value."""
     text = str(getattr(err, "orig", err)).lower()
-    if "locked" in text or "busy" in text or "could not obtain lock" in text or "deadlock" in text:
+    sqlstate = getattr(getattr(err, "orig", None), "sqlstate", None)
+    if (
+        "locked" in text
+        or "busy" in text
+        or "could not obtain lock" in text
+        or "deadlock" in text
+        or sqlstate in ("55P03", "40P01")  # PostgreSQL lock_not_available, deadlock_detected
+    ):
         return StoreLocked("the database is locked by another writer; try again")
     if "disk is full" in text or "no space" in text or "disk full" in text:
         return StoreFull("the disk is full; the write was not stored and nothing else changed")
@@ -51,7 +58,12 @@ class Store:
         u = sa.engine.make_url(url)
         if u.get_backend_name() == "sqlite":
             if u.database and u.database != ":memory:":
-                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot create the directory for {u.database}: {exc.strerror or exc}"
+                    ) from exc
             engine = sa.create_engine(u, connect_args={"timeout": busy_timeout_ms / 1000})
 
             @event.listens_for(engine, "connect")
@@ -73,7 +85,18 @@ class Store:
             return engine
         if u.get_backend_name() == "postgresql" and u.drivername == "postgresql":
             u = u.set(drivername="postgresql+psycopg")
-        return sa.create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = sa.create_engine(u, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        if u.get_backend_name() == "postgresql":
+
+            @event.listens_for(engine, "connect")
+            def _on_pg_connect(dbapi_conn: Any, _rec: Any) -> None:
+                # wait for a row lock (the audit head) as long as SQLite waits, then StoreLocked
+                cur = dbapi_conn.cursor()
+                cur.execute(f"SET lock_timeout = {int(busy_timeout_ms)}")
+                cur.close()
+                dbapi_conn.commit()
+
+        return engine
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
