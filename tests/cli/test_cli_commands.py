@@ -60,6 +60,31 @@ def test_seal_then_sealed_error_then_unseal(vault_cli, cli_env) -> None:  # type
     assert kb("secret", "get", "A_KEY").stdout == "value-a\n"
 
 
+def test_idle_auto_seal_and_session_audit(vault_cli, cli_env) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import time
+
+    kb = vault_cli
+    kb("secret", "set", "K", "--stdin", input="v")
+    kb("unseal", "--passphrase-file", str(cli_env.passphrase_file), env={"KEYBROKER_AUTO_SEAL_MINUTES": "1"})
+    st = js(kb("status", "--output", "json"))
+    assert st["sealed"] is False and st["session"]["idle_timeout_minutes"] == 1
+    kb("secret", "get", "K")  # a use restarts the idle timer
+    sess = cli_env.home / "session.json"
+    assert time.time() - sess.stat().st_mtime < 30
+    old = time.time() - 120
+    os.utime(sess, (old, old))
+    out = kb("secret", "get", "K", code=1)
+    assert (
+        out.stderr == "error: the vault is sealed (auto-sealed after 1 minute idle): run `keybroker unseal`\n"
+    )
+    assert not sess.exists() and not list((cli_env.run_dir / "keybroker").iterdir())
+    # every command that used the session is audited as an unseal from the session
+    entries = js(kb("audit", "list", "--action", "vault.unseal", "--limit", "0", "--output", "json"))
+    clients = [e["client"] for e in entries]
+    assert clients.count("keybroker-cli/session") == 2 and "keybroker-cli" in clients
+
+
 def test_wrong_passphrase_changes_nothing(vault_cli, cli_env) -> None:  # type: ignore[no-untyped-def]
     kb = vault_cli
     kb("secret", "set", "A_KEY", "--stdin", input="value-a")

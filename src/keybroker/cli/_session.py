@@ -237,13 +237,9 @@ class SessionStore:
             return None, why
         return info, None
 
-    def _session_key(self, vault_id: str) -> bytes | None:
-        token = self.env_token
-        if not token:
-            try:
-                token = self.key_path(vault_id).read_text().strip()
-            except OSError:
-                return None
+    @staticmethod
+    def _decode_token(token: str) -> bytes | None:
+        token = token.strip()
         if not token.startswith(SESSION_PREFIX):
             return None
         body = token[len(SESSION_PREFIX) :]
@@ -253,6 +249,25 @@ class SessionStore:
             return None
         return key if len(key) == 32 else None
 
+    def _session_keys(self, vault_id: str) -> tuple[list[bytes], str]:
+        """Candidate session keys (KEYBROKER_SESSION first, then the key file) and, should
+        none work, why."""
+        keys: list[bytes] = []
+        why = "the session key is missing"
+        if self.env_token:
+            key = self._decode_token(self.env_token)
+            if key is None:
+                why = "KEYBROKER_SESSION is malformed"
+            else:
+                keys.append(key)
+        try:
+            file_key = self._decode_token(self.key_path(vault_id).read_text())
+        except OSError:
+            file_key = None
+        if file_key is not None:
+            keys.append(file_key)
+        return keys, why
+
     def load(self, vault_id: str, *, touch: bool = True) -> tuple[Session | None, str | None]:
         """(session, None) or (None, why there is none). ``touch`` records this use, which
         restarts the idle timer."""
@@ -260,18 +275,21 @@ class SessionStore:
         if info is None:
             return None, why
         doc = self._read_doc() or {}
-        key = self._session_key(vault_id)
-        if key is None:
-            where = "KEYBROKER_SESSION is malformed" if self.env_token else "the session key is missing"
-            return None, where
+        keys, why = self._session_keys(vault_id)
+        aad = aad_for("keybroker-session", vault_id, str(doc.get("session_id", "")))
         try:
-            root = decrypt(
-                key,
-                base64.b64decode(str(doc.get("wrapped_root", ""))),
-                aad_for("keybroker-session", vault_id, str(doc.get("session_id", ""))),
-            )
-        except (DecryptionError, binascii.Error, ValueError):
-            return None, "the session key does not match the session (stale KEYBROKER_SESSION?)"
+            blob = base64.b64decode(str(doc.get("wrapped_root", "")))
+        except (binascii.Error, ValueError):
+            return None, "the session file is damaged"
+        root = None
+        for key in keys:
+            try:
+                root = decrypt(key, blob, aad)
+                break
+            except DecryptionError:
+                why = "the session key does not match the session (stale KEYBROKER_SESSION?)"
+        if root is None:
+            return None, why
         if touch:
             # The file's mtime is the idle timer. Touching it (rather than rewriting the file)
             # cannot resurrect a session that `seal` deleted meanwhile.
