@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from keybroker.core._access import Authorizer, LocalOwnerAuthorizer
+from keybroker.core._access_errors import ProxyOnly
 from keybroker.core._models import Scope, SecretMeta, SecretRead, VersionMeta
 from keybroker.core._names import check_risk, check_scope_name, check_secret_name
 from keybroker.core._principal import Principal
@@ -654,7 +655,7 @@ class SecretService:
         stack: list[tuple[Scope, str]] = []
         try:
             with self.store.begin() as conn:
-                meta, ver, raw = self._read_one(conn, kr, scope, name, version, label)
+                meta, ver, raw = self._read_one(conn, kr, scope, name, version, label, permission)
                 audits.append((action, scope.path(name), ver, kr.audit_hmac(raw)))
                 refs: list[str] = []
                 if resolve and b"${" in raw:
@@ -685,9 +686,22 @@ class SecretService:
         return SecretRead(name, ver, SecretValue(raw), meta, tuple(refs))
 
     def _read_one(
-        self, conn: Connection, kr: Any, scope: Scope, name: str, version: int | None, label: str | None
+        self,
+        conn: Connection,
+        kr: Any,
+        scope: Scope,
+        name: str,
+        version: int | None,
+        label: str | None,
+        permission: str = "read",
     ) -> tuple[SecretMeta, int, bytes]:
         row = self._secret_row(conn, scope, name)
+        if row.proxy_only and permission == "read":
+            # proxy-only values leave only through the gateway (permission "use"), never to a reader
+            raise ProxyOnly(
+                f"secret {name!r} in {scope.path()} is proxy-only: its value is never shown; "
+                "use it through the keybroker gateway"
+            )
         if version is None:
             lab = label or "current"
             if lab not in _LABELS:
@@ -761,7 +775,7 @@ class SecretService:
                 raise ReferenceCycle(f"reference cycle: {chain}")
             self.authorizer.authorize(principal, permission, target, rname)
             try:
-                _, v, sub = self._read_one(conn, kr, target, rname, None, None)
+                _, v, sub = self._read_one(conn, kr, target, rname, None, None, permission)
             except (SecretNotFound, SecretDeleted, VersionNotFound, ProjectNotFound, EnvironmentNotFound):
                 raise ReferenceMissing(
                     f"reference ${{{ref}}} in {stack[-1][1]!r} points to a secret that does not exist"
@@ -829,12 +843,12 @@ class SecretService:
         """Every live secret of the scope with its current value (references resolved)."""
         out: dict[str, SecretValue] = {}
         for m in self.list_secrets(principal, scope):
-            if m.current_version is None or m.kind == "keypair":
-                continue
+            if m.current_version is None or m.kind == "keypair" or m.proxy_only:
+                continue  # proxy-only values never leave in bulk: the gateway is their only way out
             try:
                 out[m.name] = self.get(principal, scope, m.name, action=action, permission=permission).value
-            except VersionNotFound:
-                continue
+            except (VersionNotFound, ProxyOnly):
+                continue  # (ProxyOnly: a reference to a proxy-only secret)
         return out
 
     # ---------------------------------------------------------------- key pairs
