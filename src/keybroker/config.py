@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     #: where the per-session key lives (``$XDG_RUNTIME_DIR/keybroker``), read from XDG's variable
     runtime_dir: Path | None = Field(default=None, validation_alias="XDG_RUNTIME_DIR")
 
+    @field_validator("home", "passphrase_file", "key_file", "runtime_dir")
+    @classmethod
+    def _expand_user(cls, v: Path | None) -> Path | None:
+        return v.expanduser() if v is not None else None
+
     @field_validator("auto_seal_minutes")
     @classmethod
     def _positive_minutes(cls, v: float | None) -> float | None:
@@ -118,6 +123,9 @@ class Settings(BaseSettings):
     @cached_property
     def project_file(self) -> ProjectFile | None:
         return find_project_file(Path.cwd().resolve())
+
+    def uses_default_store(self) -> bool:
+        return self.db_url is None
 
     def database_url(self) -> str:
         return self.db_url or f"sqlite:///{self.home / 'vault.db'}"

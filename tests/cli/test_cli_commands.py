@@ -27,6 +27,7 @@ def test_init_status_and_session(kb, cli_env) -> None:  # type: ignore[no-untype
     # the session file is private and holds no root key in clear
     sess = cli_env.home / "session.json"
     assert sess.stat().st_mode & 0o777 == 0o600
+    assert cli_env.home.stat().st_mode & 0o777 == 0o700
     key_files = list((cli_env.run_dir / "keybroker").iterdir())
     assert len(key_files) == 1 and key_files[0].stat().st_mode & 0o777 == 0o600
     assert (cli_env.run_dir / "keybroker").stat().st_mode & 0o777 == 0o700
@@ -453,17 +454,29 @@ def test_audit_verify_detects_tampering(vault_cli, cli_env) -> None:  # type: ig
     kb = vault_cli
     for i in range(3):
         kb("secret", "set", f"K{i}", "--stdin", input=f"v{i}")
-    import sqlalchemy as sa
+    find = "SELECT seq FROM kb_audit_log WHERE target LIKE '%/K1' AND action = 'secret.write'"
+    if cli_env.sqlite_path is not None:  # edit the row behind keybroker's back, with sqlite3
+        import sqlite3
 
-    eng = sa.create_engine(cli_env.store_url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with eng.begin() as c:
-            seq = c.execute(
-                sa.text("SELECT seq FROM kb_audit_log WHERE target LIKE '%/K1' AND action = 'secret.write'")
-            ).scalar_one()
-            c.execute(sa.text("UPDATE kb_audit_log SET actor = 'user:mallory' WHERE seq = :s"), {"s": seq})
-    finally:
-        eng.dispose()
+        con = sqlite3.connect(cli_env.sqlite_path)
+        try:
+            (seq,) = con.execute(find).fetchone()
+            con.execute("UPDATE kb_audit_log SET actor = 'user:mallory' WHERE seq = ?", (seq,))
+            con.commit()
+        finally:
+            con.close()
+    else:
+        import sqlalchemy as sa
+
+        eng = sa.create_engine(cli_env.store_url)
+        try:
+            with eng.begin() as c:
+                seq = c.execute(sa.text(find)).scalar_one()
+                c.execute(
+                    sa.text("UPDATE kb_audit_log SET actor = 'user:mallory' WHERE seq = :s"), {"s": seq}
+                )
+        finally:
+            eng.dispose()
     out = kb("audit", "verify", code=1)
     assert (
         out.stderr

@@ -143,7 +143,7 @@ def test_canary(kbp, kb, cli_env, caplog) -> None:  # type: ignore[no-untyped-de
     export_file = tmp / "export.env"
     kbp("export", "--format", "dotenv", "--output-file", str(export_file))
     assert CANARY in export_file.read_text()
-    out = kbp("export", "--format", "json")
+    out = kb("export", "--format", "json")
     allowed.append(out.stdout)
     child = "import os; print(os.environ['CANARY']); print(os.environ['IMPORTED'])"
     out = kbp("run", "--", sys.executable, "-c", child)
@@ -155,7 +155,7 @@ def test_canary(kbp, kb, cli_env, caplog) -> None:  # type: ignore[no-untyped-de
     # bad inputs that involve the value: their errors must not repeat it
     bad = [
         kbp("secret", "set", CANARY, "--stdin", input=b"x", code=1),  # the value typed as a name
-        kbp("secret", "set", "CANARY", "--stdin", "--cas", "1", input=CANARY.encode(), code=1),
+        kb("secret", "set", "CANARY", "--stdin", "--cas", "1", input=CANARY.encode(), code=1),
         kb("secret", "get", CANARY, code=1),
         kb("secret", "set", "bad name", CANARY, code=1),
     ]

@@ -89,7 +89,11 @@ def import_(
     parsed: DotenvResult = (
         parse_shell_exports(content)
         if kind is ImportFormat.shell
-        else parse_dotenv(content, expand=not no_expand, environ=os.environ)
+        else parse_dotenv(
+            content,
+            expand=not no_expand,
+            environ={k: v for k, v in os.environ.items() if k not in _WITHHELD},
+        )
     )
     svc = state.service()
     existing = {m.name: m for m in svc.list_secrets(state.principal, scope, include_deleted=True)}

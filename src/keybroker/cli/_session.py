@@ -149,6 +149,7 @@ class SessionStore:
     ) -> str:
         """Write a new session; returns the session token (``kbs_...``). Unless ``key_in_env``
         the session key is also written to the key file; otherwise only the caller gets it."""
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         session_key = new_key()
         session_id = _random.token_hex(16)
         now = self.clock.now()

@@ -64,6 +64,10 @@ class State:
     # -- resources -----------------------------------------------------------------------------
     def store(self) -> Store:
         if self._store is None:
+            if self.settings.uses_default_store():
+                # the vault file, its WAL and the session live here: keep the directory private
+                home = self.settings.home
+                home.mkdir(mode=0o700, parents=True, exist_ok=True)
             url = self.settings.database_url()
             try:
                 self._store = Store(url)
