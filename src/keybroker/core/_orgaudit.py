@@ -16,11 +16,14 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 
+import sqlalchemy as sa
+
 from keybroker.core._audit import AuditEntry, AuditLog, VerifyResult
 from keybroker.core._models import Scope
 from keybroker.core._principal import Principal
 from keybroker.core._rbac import AuthPrincipal, RbacAuthorizer, org_scope
 from keybroker.errors import InvalidInput, KeybrokerError, PermissionDenied
+from keybroker.store import tables
 
 __all__ = ["OrgAudit"]
 
@@ -68,9 +71,33 @@ class OrgAudit:
                 target_prefix = prefix + target_prefix
         else:
             target_prefix = prefix
-        entries = self.audit.tail(limit, since=since, action=action, actor=actor, target_prefix=target_prefix)
+        entries = self._last(limit, since=since, action=action, actor=actor, target_prefix=target_prefix)
         self.audit.record(principal, "audit.query", (prefix or "") + "_audit", detail={"count": len(entries)})
         return entries
+
+    def _last(
+        self,
+        limit: int,
+        *,
+        since: datetime | None,
+        action: str | None,
+        actor: str | None,
+        target_prefix: str | None,
+    ) -> list[AuditEntry]:
+        """The newest ``limit`` matching records, oldest first (one indexed query)."""
+        t = tables.audit_log
+        q = sa.select(t).order_by(t.c.seq.desc()).limit(limit)
+        if since is not None:
+            q = q.where(t.c.ts >= since.isoformat(timespec="microseconds").replace("+00:00", "Z"))
+        if action:
+            q = q.where(t.c.action == action)
+        if actor:
+            q = q.where(t.c.actor == actor)
+        if target_prefix:
+            q = q.where(t.c.target.startswith(target_prefix, autoescape=True))
+        with self.audit.store.connect() as conn:
+            rows = conn.execute(q).all()
+        return [AuditEntry(**r._asdict()) for r in reversed(rows)]
 
     def export(
         self, principal: Principal, fmt: str, *, since: datetime | None = None, everything: bool = False

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keybroker.core import Scope
 from keybroker.core._dotenv import parse_dotenv
 from keybroker.core._rbac import AuthPrincipal
-from keybroker.errors import InvalidInput, KeybrokerError, VersionNotFound
+from keybroker.errors import InvalidInput, KeybrokerError, PermissionDenied, VersionNotFound
 from keybroker.server._auth import Caller, Kb
 from keybroker.server._errors import ERROR_RESPONSES
 
@@ -271,6 +271,10 @@ def import_secrets(project: str, env: str, body: ImportBody, kb: Kb, p: Caller) 
         items = parsed.as_dict()
         skipped = [{"line": s.line, "reason": s.reason} for s in parsed.skipped]
     scope = scope_of(p, project, env)
+    denied = [n for n in items if not kb.authorizer.allows(p, "write", scope, n)]
+    if denied:
+        # all or nothing: an import the caller may only partly write writes nothing
+        raise PermissionDenied(f"{p.label} may not write {len(denied)} of these secrets", names=denied[:20])
     existing = {m.name for m in kb.secrets.list_secrets(p, scope, include_deleted=True)}
     imported: list[str] = []
     kept: list[str] = []

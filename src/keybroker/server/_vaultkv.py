@@ -657,8 +657,10 @@ class _Kv:
             meta = self.secrets.describe(self.p, scope, name)
             if meta.latest_version:
                 self.secrets.delete(self.p, scope, name, [meta.latest_version])
-        except (SecretNotFound, ProjectNotFound, EnvironmentNotFound):
+        except SecretNotFound:
             pass
+        except (ProjectNotFound, EnvironmentNotFound):
+            raise _not_found() from None
         return Response(status_code=204)
 
     def _existing(self, scope: Scope, name: str, versions: list[int]) -> list[int]:
@@ -675,8 +677,10 @@ class _Kv:
             versions = self._existing(scope, name, versions)
             if versions:
                 self.secrets.delete(self.p, scope, name, versions)
-        except (SecretNotFound, ProjectNotFound, EnvironmentNotFound):
+        except SecretNotFound:
             pass
+        except (ProjectNotFound, EnvironmentNotFound):
+            raise _not_found() from None
         return Response(status_code=204)
 
     def undelete(self, path: str, body: dict[str, Any]) -> Response:
@@ -689,8 +693,10 @@ class _Kv:
             versions = self._existing(scope, name, versions)
             if versions:
                 self.secrets.undelete(self.p, scope, name, versions)
-        except (SecretNotFound, ProjectNotFound, EnvironmentNotFound):
+        except SecretNotFound:
             pass
+        except (ProjectNotFound, EnvironmentNotFound):
+            raise _not_found() from None
         return Response(status_code=204)
 
     def destroy(self, path: str, body: dict[str, Any]) -> Response:
@@ -700,8 +706,10 @@ class _Kv:
             versions = self._existing(scope, name, versions)
             if versions:
                 self.secrets.destroy(self.p, scope, name, versions)
-        except (SecretNotFound, ProjectNotFound, EnvironmentNotFound):
+        except SecretNotFound:
             pass
+        except (ProjectNotFound, EnvironmentNotFound):
+            raise _not_found() from None
         return Response(status_code=204)
 
     def subkeys(self, path: str, body: dict[str, Any]) -> Response:
@@ -815,8 +823,10 @@ class _Kv:
         scope, name = self.split(path)
         try:
             self.secrets.purge(self.p, scope, name)
-        except (SecretNotFound, ProjectNotFound, EnvironmentNotFound):
+        except SecretNotFound:
             pass
+        except (ProjectNotFound, EnvironmentNotFound):
+            raise _not_found() from None
         return Response(status_code=204)
 
     def list(self, path: str, body: dict[str, Any]) -> Response:
