@@ -22,6 +22,7 @@ from keybroker.client._base import (
     Request,
     Response,
     WatchState,
+    tls_verify,
 )
 from keybroker.client._errors import ServerUnavailable
 from keybroker.crypto import SecretValue
@@ -154,7 +155,7 @@ class AsyncClient:
             environ=environ,
         )
         self._http = httpx.AsyncClient(
-            base_url=self._core.addr, timeout=timeout, verify=verify, transport=transport
+            base_url=self._core.addr, timeout=timeout, verify=tls_verify(verify), transport=transport
         )
         self._auto_watch = cache_invalidation
         self._watch_task: asyncio.Task[None] | None = None

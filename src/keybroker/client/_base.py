@@ -11,11 +11,13 @@ so the two clients cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import random
 import re
+import ssl
 import threading
 import warnings
 from collections.abc import Callable, Collection, Generator, Iterable, Mapping
@@ -407,6 +409,19 @@ class WatchState:
 # ---------------------------------------------------------------------------- the core
 def _seg(s: str) -> str:
     return quote(s, safe="")
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    import httpx
+
+    return httpx.create_ssl_context()
+
+
+def tls_verify(verify: Any) -> Any:
+    """``verify=True`` becomes one SSL context shared by every client of the process: loading
+    the CA bundle costs ~60 ms, once rather than per client."""
+    return _default_ssl_context() if verify is True else verify
 
 
 def env_var_name(prefix: str, name: str) -> str:

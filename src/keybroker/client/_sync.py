@@ -26,6 +26,7 @@ from keybroker.client._base import (
     Request,
     Response,
     SecretCache,
+    tls_verify,
 )
 from keybroker.client._errors import ServerUnavailable
 from keybroker.crypto import SecretValue
@@ -63,7 +64,7 @@ class _BackgroundWatcher:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._ready.set()
-        async with httpx.AsyncClient(base_url=self.core.addr, verify=self.verify) as http:
+        async with httpx.AsyncClient(base_url=self.core.addr, verify=tls_verify(self.verify)) as http:
             try:
                 await follow(
                     http,
@@ -135,7 +136,7 @@ class Client:
         )
         self._verify = verify
         self._http = httpx.Client(
-            base_url=self._core.addr, timeout=timeout, verify=verify, transport=transport
+            base_url=self._core.addr, timeout=timeout, verify=tls_verify(verify), transport=transport
         )
         self.watch_read_timeout = watch_read_timeout
         self.watch_backoff_max = watch_backoff_max

@@ -173,7 +173,7 @@ class Subscription:
         self.last_event_id = last_event_id
         self.max_queue = max_queue
         self._queue: deque[Event | object] = deque()
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[bool] | None = None
         self._closed = False
         self._lagged = False
         self._replayed: set[int] | None = None
@@ -190,7 +190,27 @@ class Subscription:
             self.bus._unsubscribe(self)
         else:
             self._queue.append(ev)
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(True)
+
+    async def _wait(self, timeout: float | None) -> bool:
+        """Sleep until woken (True) or ``timeout`` passes (False). A bare future and one timer
+        rather than ``wait_for`` (which makes a task per call): this runs once per event per
+        subscriber, and a server holds thousands of subscribers."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        self._waiter = fut
+        timer = None if timeout is None else self.loop.call_later(timeout, _expire, fut)
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+        return fut.result()
 
     def close(self) -> None:
         """Stop receiving events (safe to call twice, from the subscription's loop)."""
@@ -198,7 +218,7 @@ class Subscription:
             self._closed = True
             self.bus._unsubscribe(self)
             self._queue.append(_CLOSED)
-            self._wakeup.set()
+            self._wake()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
@@ -219,14 +239,8 @@ class Subscription:
             while not self._queue:
                 if self._closed and not self._lagged:
                     raise StopAsyncIteration
-                self._wakeup.clear()
-                if timeout is None:
-                    await self._wakeup.wait()
-                else:
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), timeout)
-                    except TimeoutError:
-                        return None
+                if not await self._wait(timeout):
+                    return None
             item = self._queue.popleft()
             if item is _CLOSED:
                 self._queue.appendleft(_CLOSED)
@@ -561,6 +575,11 @@ class EventBus:
             for ev in events:
                 payload = json.dumps({**ev.to_dict(), "replica": self.replica_id}, separators=(",", ":"))
                 conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
 
 
 def _dispatch(subs: list[Subscription], ev: Event) -> None:

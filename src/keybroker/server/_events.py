@@ -15,19 +15,21 @@ another organization are never sent: the filter is pinned to the principal's org
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from keybroker.core._events import Event, EventBus, EventFilter, Subscription, SubscriptionLagged
 from keybroker.core._models import Scope
 from keybroker.core._principal import Principal
 from keybroker.errors import InvalidInput, KeybrokerError
 
-__all__ = ["events_router", "principal_org"]
+__all__ = ["events_router", "install", "principal_org"]
 
 _MAX_AUTH_CACHE = 4096
 
@@ -50,9 +52,11 @@ def _last_event_id(header: str | None, query: str | None) -> int | None:
     return int(raw)
 
 
-def _frame(ev: Event) -> str:
+@functools.lru_cache(maxsize=1024)
+def _frame(ev: Event) -> bytes:
+    """One event's SSE frame, encoded once however many subscribers it goes to."""
     data = json.dumps(ev.to_dict(), separators=(",", ":"))
-    return f"id: {ev.id}\nevent: {ev.kind}\ndata: {data}\n\n"
+    return f"id: {ev.id}\nevent: {ev.kind}\ndata: {data}\n\n".encode()
 
 
 def events_router(
@@ -62,15 +66,15 @@ def events_router(
     authorizer: Callable[[Request], Any],
     keepalive: float = 15.0,
     retry_ms: int = 1000,
-    on_subscribe: Callable[[Request, Principal, EventFilter], None] | None = None,
+    on_subscribe: Callable[[Principal, EventFilter], None] | None = None,
 ) -> APIRouter:
     """The ``/v1/events`` router.
 
     ``principal``: the server's FastAPI dependency giving the authenticated
     :class:`~keybroker.core.Principal` (it raises for a missing/bad token). ``bus``/``authorizer``:
     how to find the app's :class:`EventBus` and :class:`~keybroker.core.Authorizer` from a
-    request. ``keepalive``: seconds between keep-alive comments. ``on_subscribe``: e.g. to audit
-    the subscription.
+    request. ``keepalive``: seconds between keep-alive comments. ``on_subscribe``: called (in a
+    worker thread) once a subscription is allowed, e.g. to audit it.
     """
     router = APIRouter()
 
@@ -100,7 +104,7 @@ def events_router(
             None if glob else flt.name,
         )
         if on_subscribe is not None:
-            on_subscribe(request, who, flt)
+            await run_in_threadpool(on_subscribe, who, flt)
         # registered before the response starts, so nothing committed from here on is missed
         sub = bus(request).subscribe(flt, last_event_id=after)
         return StreamingResponse(
@@ -112,9 +116,44 @@ def events_router(
     return router
 
 
+def install(app: FastAPI, kb: Any) -> None:
+    """Called by :func:`keybroker.server.create_app` with its :class:`~keybroker.server.Services`:
+    an :class:`EventBus` listening to ``kb.secrets`` (started and closed with the app; kept in
+    ``kb.extras["events_bus"]``), and the router. On SQLite the bus polls ``kb_events`` every
+    ``events_poll_s`` seconds for writes by other processes (the CLI on the same file); on
+    PostgreSQL replicas hear each other by LISTEN/NOTIFY and need no polling. Each subscription
+    is audited (``events.subscribe``)."""
+    from keybroker.server._auth import principal
+
+    store = kb.vault.store
+    poll = float(getattr(kb.settings, "events_poll_s", 0) or 0)
+    bus = EventBus(store, poll_interval=poll if poll > 0 and store.dialect != "postgresql" else None)
+    bus.attach(kb.secrets)
+    kb.extras["events_bus"] = bus
+    app.state.on_startup.append(bus.start)
+    app.state.on_shutdown.append(bus.close)
+    keepalive = float(getattr(kb.settings, "events_keepalive_s", 15.0))
+
+    def audit(who: Principal, flt: EventFilter) -> None:
+        target = f"{flt.org}/{flt.project or '*'}/{flt.environment or '*'}" + (
+            f"/{flt.name}" if flt.name else ""
+        )
+        kb.vault.audit.record(who, "events.subscribe", target)
+
+    app.include_router(
+        events_router(
+            principal=principal,
+            bus=lambda _r: bus,
+            authorizer=lambda _r: kb.authorizer,
+            keepalive=keepalive,
+            on_subscribe=audit,
+        )
+    )
+
+
 async def _stream(
     sub: Subscription, who: Principal, authz: Any, keepalive: float, retry_ms: int
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     allowed: dict[tuple[str, str, str], bool] = {}
     allows = getattr(authz, "allows", None)
 
@@ -137,17 +176,17 @@ async def _stream(
         return ok
 
     try:
-        yield f"retry: {int(retry_ms)}\n: connected\n\n"
+        yield f"retry: {int(retry_ms)}\n: connected\n\n".encode()
         while True:
             try:
                 ev = await sub.next_event(keepalive)
             except StopAsyncIteration:
                 return
             except SubscriptionLagged:
-                yield 'event: error\ndata: {"code":"subscription_lagged"}\n\n'
+                yield b'event: error\ndata: {"code":"subscription_lagged"}\n\n'
                 return
             if ev is None:
-                yield ": keep-alive\n\n"
+                yield b": keep-alive\n\n"
             elif ev.org == sub.filter.org and may_see(ev):
                 yield _frame(ev)
     finally:
