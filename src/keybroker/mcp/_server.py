@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -54,6 +55,7 @@ from keybroker.errors import (
     InvalidInput,
     KeybrokerError,
     PermissionDenied,
+    StoreLocked,
 )
 from keybroker.mcp._auth import AgentLogin
 from keybroker.mcp._catalog import agent_tools, requestable
@@ -78,6 +80,8 @@ INSTRUCTIONS = (
 )
 
 _NGRAM = 8
+#: a lock failure faster than this was a deadlock or a lost race, not a long wait: worth a retry
+_QUICK_LOCK_FAILURE_S = 2.0
 T = TypeVar("T")
 
 
@@ -327,7 +331,17 @@ class KeybrokerMCP:
 
     @staticmethod
     async def _sync(fn: Callable[[], T]) -> T:
-        return await anyio.to_thread.run_sync(fn)
+        """Run a (blocking) core call in a worker thread. A transaction that lost a lock race
+        quickly (a PostgreSQL deadlock, aborted and rolled back) is tried again, twice."""
+        for attempt in range(3):
+            started = time.monotonic()
+            try:
+                return await anyio.to_thread.run_sync(fn)
+            except StoreLocked:
+                if attempt == 2 or time.monotonic() - started > _QUICK_LOCK_FAILURE_S:
+                    raise
+                await anyio.sleep(0.05 * (attempt + 1) + random.random() * 0.05)  # noqa: S311
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ views
     def _request_view(self, info: AccessRequestInfo) -> dict[str, Any]:
