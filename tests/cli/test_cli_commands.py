@@ -10,6 +10,10 @@ import pytest
 
 from keybroker.cli import _io
 
+# For tests of the command line itself (help, parsing, settings, prompts): the store is
+# irrelevant to them, so they run on SQLite only.
+sqlite_only = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+
 
 def js(out: Any) -> Any:
     return json.loads(out.stdout)
@@ -125,6 +129,7 @@ def test_not_initialised(kb) -> None:  # type: ignore[no-untyped-def]
     kb("unseal", code=1)
 
 
+@sqlite_only
 def test_usage_errors_exit_2(vault_cli) -> None:  # type: ignore[no-untyped-def]
     kb = vault_cli
     assert kb("secret", "get", code=2).code == 2
@@ -132,6 +137,7 @@ def test_usage_errors_exit_2(vault_cli) -> None:  # type: ignore[no-untyped-def]
     assert kb("export", "--format", "xml", code=2).code == 2
 
 
+@sqlite_only
 def test_init_refuses_weak_kdf(kb, cli_env) -> None:  # type: ignore[no-untyped-def]
     out = kb("init", "--passphrase-file", str(cli_env.passphrase_file), "--kdf-memory-kib", "1024", code=1)
     assert "OWASP" in out.err_line
@@ -173,6 +179,7 @@ def test_init_dev_mode(kb, cli_env) -> None:  # type: ignore[no-untyped-def]
     assert out.err_line == "error: KEYBROKER_DEV_ROOT_KEY must be the base64 form of 32 random bytes"
 
 
+@sqlite_only
 def test_init_keychain(kb, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import keyring
     from keyring.backend import KeyringBackend
@@ -205,6 +212,7 @@ def test_init_keychain(kb, monkeypatch) -> None:  # type: ignore[no-untyped-def]
         keyring.set_keyring(previous)
 
 
+@sqlite_only
 def test_interactive_prompts(kb, cli_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(_io, "is_interactive", lambda: True)
     pw = "a long passphrase"
@@ -531,6 +539,7 @@ def test_corrupted_ciphertext_names_secret_and_version(vault_cli, cli_env) -> No
     assert kb("secret", "get", "K", "--version", "1", "--plain").stdout == "v1"
 
 
+@sqlite_only
 def test_unreachable_database_is_one_line(kb, cli_env) -> None:  # type: ignore[no-untyped-def]
     out = kb("status", code=1, env={"KEYBROKER_DB_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"})
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: the database is unreachable")
@@ -540,9 +549,8 @@ def test_unreachable_database_is_one_line(kb, cli_env) -> None:  # type: ignore[
     )
 
 
+@sqlite_only
 def test_locked_database_is_one_line(vault_cli, cli_env) -> None:  # type: ignore[no-untyped-def]
-    if cli_env.sqlite_path is None:
-        pytest.skip("SQLite file locking")
     import sqlite3
 
     kb = vault_cli
@@ -601,12 +609,14 @@ def test_unexpected_error_is_one_line_with_hint(vault_cli, monkeypatch) -> None:
         kb("secret", "list", env={"KEYBROKER_DEBUG": "1"}, code=None)
 
 
+@sqlite_only
 def test_bad_settings_are_one_line(kb) -> None:  # type: ignore[no-untyped-def]
     out = kb("status", env={"KEYBROKER_AUTO_SEAL_MINUTES": "soon"}, code=1)
     assert out.stderr.startswith("error: invalid setting KEYBROKER_AUTO_SEAL_MINUTES:")
     assert "soon" not in out.stderr
 
 
+@sqlite_only
 def test_version_and_help(kb) -> None:  # type: ignore[no-untyped-def]
     assert kb("--version").stdout.startswith("keybroker ")
     assert "secret" in kb("--help").stdout

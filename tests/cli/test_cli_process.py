@@ -79,6 +79,7 @@ def test_run_injects_masks_and_passes_exit_code(kbp, kb, cli_env) -> None:  # ty
     assert kbp("run", "--", "true", code=1).stderr.startswith("error: the vault is sealed")
 
 
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_run_forwards_signals(kbp, kb, cli_env) -> None:  # type: ignore[no-untyped-def]
     kb.init()
     child = (
