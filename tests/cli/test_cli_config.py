@@ -187,3 +187,18 @@ def test_session_key_dir_must_be_private(tmp_path: Path) -> None:
         SessionStore(tmp_path / "home", link, ManualClock()).create(
             VAULT, os.urandom(32), "passphrase", ttl_s=None, idle_s=None
         )
+
+
+def test_public_surface() -> None:
+    import keybroker.cli
+    import keybroker.config
+
+    assert keybroker.cli.__all__ == ["app", "main"]
+    assert set(keybroker.config.__all__) == {
+        "PROJECT_FILE",
+        "ProjectFile",
+        "Settings",
+        "find_project_file",
+        "load_settings",
+        "session_key_dir",
+    }
