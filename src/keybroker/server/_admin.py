@@ -18,9 +18,13 @@ from keybroker.core._vault import RootKeySource
 from keybroker.errors import InvalidInput, KeybrokerError, NotInitialized, PermissionDenied, UnsealFailed
 from keybroker.server._auth import Caller, Kb, client_address, require_unsealed
 from keybroker.server._errors import ERROR_RESPONSES
+from keybroker.server._params import IDENTITY_RX, SCOPE_RX, AccessorP, IdentityP, ProjectP
 from keybroker.server._state import Services
 
 __all__ = ["router", "seal_status", "sys_router"]
+
+_GLOB_RX = r"^[a-z0-9_*?-]{1,64}$"
+_NAME_GLOB_RX = r"^[A-Za-z0-9_/*?.-]{1,256}$"
 
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 #: routes Vault clients call too (health, seal status, unseal): Vault's shapes
@@ -74,6 +78,14 @@ def health_body(kb: Services) -> tuple[int, dict[str, Any]]:
     return status, body
 
 
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "initialised and unsealed"},
+    501: {"description": "not initialised"},
+    503: {"description": "sealed"},
+    "default": {"description": "the status asked for with activecode, sealedcode or uninitcode"},
+}
+
+
 class UnsealBody(_Body):
     passphrase: str | None = Field(None, max_length=4096, repr=False)
     key: str | None = Field(None, max_length=4096, repr=False)
@@ -84,11 +96,7 @@ class UnsealBody(_Body):
 @sys_router.get(
     "/health",
     summary="Health (Vault-compatible: 200 unsealed, 503 sealed, 501 not initialised)",
-    responses={
-        200: {"description": "initialised and unsealed"},
-        501: {"description": "not initialised"},
-        503: {"description": "sealed"},
-    },
+    responses=_HEALTH_RESPONSES,
 )
 def health(
     request: Request,
@@ -96,7 +104,7 @@ def health(
     standbyok: bool = False,
     sealedcode: Annotated[int | None, Query(ge=200, le=599)] = None,
     uninitcode: Annotated[int | None, Query(ge=200, le=599)] = None,
-    activecode: Annotated[int | None, Query(ge=200, le=599)] = None,
+    activecode: Annotated[int | None, Query(ge=200, le=299)] = None,
 ) -> Response:
     status, body = health_body(kb)
     if status == 200 and activecode:
@@ -106,7 +114,7 @@ def health(
     elif status == 501 and uninitcode:
         status = uninitcode
     if request.method == "HEAD":
-        return Response(status_code=status)
+        return Response(status_code=status, media_type="application/json")
     return JSONResponse(body, status_code=status)
 
 
@@ -152,7 +160,12 @@ def seal(kb: Kb, p: Caller) -> Response:
 
 # the same handlers under the other methods Vault clients use (own operation ids in the spec)
 sys_router.add_api_route(
-    "/health", health, methods=["HEAD"], operation_id="health_head", summary="Health (HEAD)"
+    "/health",
+    health,
+    methods=["HEAD"],
+    operation_id="health_head",
+    summary="Health (HEAD)",
+    responses=_HEALTH_RESPONSES,
 )
 sys_router.add_api_route(
     "/unseal", unseal, methods=["PUT"], operation_id="unseal_put", summary="Unseal (PUT)"
@@ -164,7 +177,7 @@ sys_router.add_api_route(
 
 # ------------------------------------------------------------------ organizations
 class OrgBody(_Body):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})
 
 
 @router.get("/orgs", summary="Organizations (system operator)")
@@ -179,15 +192,15 @@ def create_org(body: OrgBody, kb: Kb, p: Caller) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ projects
 class ProjectBody(_Body):
-    name: str = Field(min_length=1, max_length=64)
-    environments: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        default_factory=lambda: ["dev", "staging", "prod"], max_length=64
-    )
+    name: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})
+    environments: list[
+        Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})]
+    ] = Field(default_factory=lambda: ["dev", "staging", "prod"], max_length=64)
     description: str = Field("", max_length=10_000)
 
 
 class EnvironmentBody(_Body):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})
 
 
 @router.get("/projects", summary="Projects visible to the caller")
@@ -207,7 +220,7 @@ def create_project(body: ProjectBody, kb: Kb, p: Caller) -> dict[str, Any]:
 
 
 @router.post("/projects/{project}/environments", status_code=201, summary="Add an environment")
-def create_environment(project: str, body: EnvironmentBody, kb: Kb, p: Caller) -> dict[str, Any]:
+def create_environment(project: ProjectP, body: EnvironmentBody, kb: Kb, p: Caller) -> dict[str, Any]:
     org = p.grant.org if p.grant else "default"
     kb.secrets.create_environment(p, project, body.name, org=org)
     return {"environment": {"project": project, "name": body.name}}
@@ -215,21 +228,30 @@ def create_environment(project: str, body: EnvironmentBody, kb: Kb, p: Caller) -
 
 # ------------------------------------------------------------------ identities
 class IdentityBody(_Body):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": IDENTITY_RX})
     kind: Literal["user", "service", "agent"] = "agent"
     description: str = Field("", max_length=1000)
 
 
 class RoleBody(_Body):
     role: Literal["owner", "admin", "member", "viewer", "use"]
-    project: str = Field("*", min_length=1, max_length=64)
+    project: str = Field(
+        "*", min_length=1, max_length=64, json_schema_extra={"pattern": r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$"}
+    )
 
 
 class PublicKeyBody(_Body):
     public_key: str = Field(min_length=1, max_length=4096)
 
 
-OrgQ = Annotated[str | None, Query(max_length=64, description="another organization (system operator only)")]
+OrgQ = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="another organization (system operator only)",
+        json_schema_extra={"pattern": SCOPE_RX},
+    ),
+]
 
 
 @router.get("/identities", summary="Identities of the organization")
@@ -244,23 +266,23 @@ def create_identity(body: IdentityBody, kb: Kb, p: Caller, org: OrgQ = None) -> 
 
 
 @router.get("/identities/{name}", summary="One identity")
-def get_identity(name: str, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
+def get_identity(name: IdentityP, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
     return {"identity": kb.identities.get(p, name, org=org).to_dict()}
 
 
 @router.delete("/identities/{name}", summary="Disable an identity and revoke its tokens")
-def disable_identity(name: str, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
+def disable_identity(name: IdentityP, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
     return {"tokens_revoked": kb.identities.disable(p, name, org=org)}
 
 
 @router.put("/identities/{name}/roles", summary="Grant a role (organization-wide or on a project)")
-def set_role(name: str, body: RoleBody, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
+def set_role(name: IdentityP, body: RoleBody, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
     return {"identity": kb.identities.set_role(p, name, body.role, project=body.project, org=org).to_dict()}
 
 
 @router.delete("/identities/{name}/roles", summary="Remove a role")
 def remove_role(
-    name: str,
+    name: IdentityP,
     kb: Kb,
     p: Caller,
     project: Annotated[str, Query(min_length=1, max_length=64)] = "*",
@@ -272,32 +294,42 @@ def remove_role(
 @router.post(
     "/identities/{name}/client-secret", status_code=201, summary="New client id + secret (shown once)"
 )
-def new_client_secret(name: str, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
+def new_client_secret(name: IdentityP, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
     cred = kb.identities.new_client_secret(p, name, org=org)
     return {"client_id": cred.client_id, "client_secret": cred.client_secret.reveal()}
 
 
 @router.put("/identities/{name}/public-key", summary="Register an Ed25519 public key for signed login")
-def set_public_key(name: str, body: PublicKeyBody, kb: Kb, p: Caller, org: OrgQ = None) -> dict[str, Any]:
+def set_public_key(
+    name: IdentityP, body: PublicKeyBody, kb: Kb, p: Caller, org: OrgQ = None
+) -> dict[str, Any]:
     return {"identity": kb.identities.set_public_key(p, name, body.public_key, org=org).to_dict()}
 
 
 # ------------------------------------------------------------------ tokens
 class ScopeBody(_Body):
-    projects: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=100)
-    environments: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=100)
-    names: list[Annotated[str, Field(max_length=256)]] | None = Field(None, max_length=100)
+    projects: list[Annotated[str, Field(max_length=64, json_schema_extra={"pattern": _GLOB_RX})]] | None = (
+        Field(None, max_length=100)
+    )
+    environments: (
+        list[Annotated[str, Field(max_length=64, json_schema_extra={"pattern": _GLOB_RX})]] | None
+    ) = Field(None, max_length=100)
+    names: (
+        list[Annotated[str, Field(max_length=256, json_schema_extra={"pattern": _NAME_GLOB_RX})]] | None
+    ) = Field(None, max_length=100)
     actions: list[Literal["read", "use", "list", "write", "admin"]] | None = None
     sys: bool | None = None
 
 
 class TokenBody(_Body):
-    identity: str | None = Field(None, max_length=64)
+    identity: str | None = Field(None, max_length=64, json_schema_extra={"pattern": IDENTITY_RX})
     scope: ScopeBody | None = None
     ttl_s: int | None = Field(None, ge=1, le=10 * 365 * 86400)
     max_ttl_s: int | None = Field(None, ge=1, le=10 * 365 * 86400)
     uses: int | None = Field(None, ge=1, le=2**31 - 1)
-    cidrs: list[Annotated[str, Field(max_length=64)]] | None = Field(None, max_length=100)
+    cidrs: list[Annotated[str, Field(max_length=64, json_schema_extra={"format": "ipv4-network"})]] | None = (
+        Field(None, max_length=100, description="IPv4/IPv6 networks such as 10.0.0.0/8")
+    )
     display_name: str = Field("", max_length=128)
 
 
@@ -350,12 +382,12 @@ def list_tokens(
 
 
 @router.get("/tokens/{accessor}", summary="One token, by accessor")
-def get_token(accessor: str, kb: Kb, p: Caller) -> dict[str, Any]:
+def get_token(accessor: AccessorP, kb: Kb, p: Caller) -> dict[str, Any]:
     return {"token": token_info(kb, kb.tokens.lookup(p, accessor))}
 
 
 @router.delete("/tokens/{accessor}", summary="Revoke a token and all its children")
-def revoke_token(accessor: str, kb: Kb, p: Caller) -> dict[str, Any]:
+def revoke_token(accessor: AccessorP, kb: Kb, p: Caller) -> dict[str, Any]:
     return {"revoked": kb.tokens.revoke(p, accessor)}
 
 
@@ -386,7 +418,12 @@ class ChallengeBody(_Body):
 
 class SignedLoginBody(_Body):
     challenge_id: str = Field(min_length=1, max_length=64)
-    signature: str = Field(min_length=1, max_length=1024, description="base64 Ed25519 signature of `message`")
+    signature: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="base64 Ed25519 signature of `message`",
+        json_schema_extra={"pattern": r"^[A-Za-z0-9+/]*={0,2}$"},
+    )
 
 
 @router.post("/auth/login", summary="Machine login: client id + secret for a short-lived token")
@@ -428,7 +465,9 @@ def _since(since: str | None) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
-SinceQ = Annotated[str | None, Query(max_length=64, description="ISO-8601 time")]
+SinceQ = Annotated[
+    str | None, Query(max_length=64, description="ISO-8601 time", json_schema_extra={"format": "date-time"})
+]
 
 
 @router.get("/audit", summary="Audit records of the organization (org admins)")

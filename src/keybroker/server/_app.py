@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import keybroker
 from keybroker.core import Clock, Vault, local_principal
 from keybroker.server import _admin, _rest, _vaultkv
-from keybroker.server._errors import install_error_handlers
+from keybroker.server._errors import ERROR_RESPONSES, install_error_handlers
 from keybroker.server._metrics import RequestContextMiddleware
 from keybroker.server._settings import ServerSettings
 from keybroker.server._state import Services
@@ -102,7 +102,31 @@ def create_app(
     app.include_router(_vaultkv.router)
     for ext in extensions:
         ext(app, kb)
+    _fix_openapi(app)
     return app
+
+
+def _fix_openapi(app: FastAPI) -> None:
+    """Validation errors are 400 with keybroker's error body here, not FastAPI's 422."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = original()
+        for item in spec.get("paths", {}).values():
+            for op in item.values():
+                responses = op.get("responses") if isinstance(op, dict) else None
+                if not responses or "422" not in responses:
+                    continue
+                del responses["422"]
+                responses.setdefault("400", ERROR_RESPONSES[400])
+        for name in ("HTTPValidationError", "ValidationError"):
+            spec.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _mount_events(app: FastAPI, kb: Services) -> None:

@@ -17,6 +17,7 @@ from keybroker.core._rbac import AuthPrincipal
 from keybroker.errors import InvalidInput, KeybrokerError, PermissionDenied, VersionNotFound
 from keybroker.server._auth import Caller, Kb
 from keybroker.server._errors import ERROR_RESPONSES
+from keybroker.server._params import NAME_RX, SCOPE_RX, EnvP, NameP, ProjectP
 
 __all__ = ["router"]
 
@@ -40,7 +41,7 @@ class MetadataFields(_Body):
     tags: list[Annotated[str, Field(max_length=128)]] | None = Field(None, max_length=64)
     owner: str | None = Field(None, max_length=128)
     risk: Literal["low", "medium", "high"] | None = None
-    provider: str | None = Field(None, max_length=32)
+    provider: str | None = Field(None, max_length=32, json_schema_extra={"pattern": r"^[a-z0-9_-]{1,32}$"})
     expires_at: datetime | None = None
     rotation_period_s: int | None = Field(None, ge=0, le=2**31 - 1)
     custom_metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
@@ -75,9 +76,11 @@ class DestroyBody(_Body):
 
 
 class BatchRead(_Body):
-    project: str = Field(min_length=1, max_length=64)
-    environment: str = Field(min_length=1, max_length=64)
-    names: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=100)
+    project: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})
+    environment: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})
+    names: list[
+        Annotated[str, Field(min_length=1, max_length=256, json_schema_extra={"pattern": NAME_RX})]
+    ] = Field(min_length=1, max_length=100)
 
 
 class KeypairBody(_Body):
@@ -109,9 +112,9 @@ def _versions_param(versions: str | None) -> list[int] | None:
 # ------------------------------------------------------------------ secrets
 @router.get("/secrets/{project}/{env}/{name:path}", summary="Read a secret value")
 def get_secret(
-    project: str,
-    env: str,
-    name: str,
+    project: ProjectP,
+    env: EnvP,
+    name: NameP,
     kb: Kb,
     p: Caller,
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
@@ -131,16 +134,18 @@ def get_secret(
 
 
 @router.put("/secrets/{project}/{env}/{name:path}", summary="Write a new version")
-def put_secret(project: str, env: str, name: str, body: PutSecret, kb: Kb, p: Caller) -> dict[str, Any]:
+def put_secret(
+    project: ProjectP, env: EnvP, name: NameP, body: PutSecret, kb: Kb, p: Caller
+) -> dict[str, Any]:
     meta = kb.secrets.put(p, scope_of(p, project, env), name, body.value, cas=body.cas, **body.kwargs())
     return {"metadata": meta.to_dict()}
 
 
 @router.delete("/secrets/{project}/{env}/{name:path}", status_code=204, summary="Soft-delete (or purge)")
 def delete_secret(
-    project: str,
-    env: str,
-    name: str,
+    project: ProjectP,
+    env: EnvP,
+    name: NameP,
     kb: Kb,
     p: Caller,
     versions: Annotated[str | None, Query(max_length=10_000, pattern=r"^[0-9,]*$")] = None,
@@ -158,8 +163,8 @@ def delete_secret(
 
 @router.get("/secrets/{project}/{env}", summary="List secrets (metadata only)")
 def list_secrets(
-    project: str,
-    env: str,
+    project: ProjectP,
+    env: EnvP,
     kb: Kb,
     p: Caller,
     prefix: Annotated[str, Query(max_length=256)] = "",
@@ -187,48 +192,55 @@ def batch_read(body: BatchRead, kb: Kb, p: Caller) -> dict[str, Any]:
 
 
 @router.get("/metadata/{project}/{env}/{name:path}", summary="Secret metadata")
-def get_metadata(project: str, env: str, name: str, kb: Kb, p: Caller) -> dict[str, Any]:
+def get_metadata(project: ProjectP, env: EnvP, name: NameP, kb: Kb, p: Caller) -> dict[str, Any]:
     return {"metadata": kb.secrets.describe(p, scope_of(p, project, env), name).to_dict()}
 
 
 @router.patch("/metadata/{project}/{env}/{name:path}", summary="Update metadata (no new version)")
 def patch_metadata(
-    project: str, env: str, name: str, body: MetadataFields, kb: Kb, p: Caller
+    project: ProjectP, env: EnvP, name: NameP, body: MetadataFields, kb: Kb, p: Caller
 ) -> dict[str, Any]:
     meta = kb.secrets.update_metadata(p, scope_of(p, project, env), name, **body.kwargs())
     return {"metadata": meta.to_dict()}
 
 
 @router.get("/history/{project}/{env}/{name:path}", summary="Versions of a secret")
-def history(project: str, env: str, name: str, kb: Kb, p: Caller) -> dict[str, Any]:
+def history(project: ProjectP, env: EnvP, name: NameP, kb: Kb, p: Caller) -> dict[str, Any]:
     return {"versions": [v.to_dict() for v in kb.secrets.history(p, scope_of(p, project, env), name)]}
 
 
 @router.post("/rotate/{project}/{env}/{name:path}", summary="Write a pending version")
-def rotate(project: str, env: str, name: str, body: ValueBody, kb: Kb, p: Caller) -> dict[str, Any]:
+def rotate(project: ProjectP, env: EnvP, name: NameP, body: ValueBody, kb: Kb, p: Caller) -> dict[str, Any]:
     return {"metadata": kb.secrets.rotate(p, scope_of(p, project, env), name, body.value).to_dict()}
 
 
 @router.post("/promote/{project}/{env}/{name:path}", summary="Pending becomes current")
-def promote(project: str, env: str, name: str, kb: Kb, p: Caller) -> dict[str, Any]:
+def promote(project: ProjectP, env: EnvP, name: NameP, kb: Kb, p: Caller) -> dict[str, Any]:
     return {"metadata": kb.secrets.promote(p, scope_of(p, project, env), name).to_dict()}
 
 
 @router.post("/rollback/{project}/{env}/{name:path}", summary="Write an old version again as current")
-def rollback(project: str, env: str, name: str, body: VersionBody, kb: Kb, p: Caller) -> dict[str, Any]:
+def rollback(
+    project: ProjectP, env: EnvP, name: NameP, body: VersionBody, kb: Kb, p: Caller
+) -> dict[str, Any]:
     return {"metadata": kb.secrets.rollback(p, scope_of(p, project, env), name, body.version).to_dict()}
 
 
 @router.post("/undelete/{project}/{env}/{name:path}", status_code=204, summary="Undo a soft delete")
 def undelete(
-    project: str, env: str, name: str, kb: Kb, p: Caller, body: Annotated[VersionsBody | None, Body()] = None
+    project: ProjectP,
+    env: EnvP,
+    name: NameP,
+    kb: Kb,
+    p: Caller,
+    body: Annotated[VersionsBody | None, Body()] = None,
 ) -> Response:
     kb.secrets.undelete(p, scope_of(p, project, env), name, body.versions if body else None)
     return Response(status_code=204)
 
 
 @router.post("/destroy/{project}/{env}/{name:path}", status_code=204, summary="Erase versions for good")
-def destroy(project: str, env: str, name: str, body: DestroyBody, kb: Kb, p: Caller) -> Response:
+def destroy(project: ProjectP, env: EnvP, name: NameP, body: DestroyBody, kb: Kb, p: Caller) -> Response:
     kb.secrets.destroy(p, scope_of(p, project, env), name, body.versions)
     return Response(status_code=204)
 
@@ -236,7 +248,7 @@ def destroy(project: str, env: str, name: str, body: DestroyBody, kb: Kb, p: Cal
 # ------------------------------------------------------------------ key pairs
 @router.post("/keypairs/{project}/{env}/{name:path}", summary="Generate (or rotate) a key pair")
 def keypair_generate(
-    project: str, env: str, name: str, body: KeypairBody, kb: Kb, p: Caller
+    project: ProjectP, env: EnvP, name: NameP, body: KeypairBody, kb: Kb, p: Caller
 ) -> dict[str, Any]:
     md = {"description": body.description} if body.description is not None else {}
     meta, pub = kb.secrets.keypair_generate(
@@ -247,9 +259,9 @@ def keypair_generate(
 
 @router.get("/keypairs/{project}/{env}/{name:path}", summary="Public key of a key pair")
 def keypair_public(
-    project: str,
-    env: str,
-    name: str,
+    project: ProjectP,
+    env: EnvP,
+    name: NameP,
     kb: Kb,
     p: Caller,
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
@@ -260,7 +272,7 @@ def keypair_public(
 
 # ------------------------------------------------------------------ import / export
 @router.post("/import/{project}/{env}", summary="Import secrets (JSON map or .env text)")
-def import_secrets(project: str, env: str, body: ImportBody, kb: Kb, p: Caller) -> dict[str, Any]:
+def import_secrets(project: ProjectP, env: EnvP, body: ImportBody, kb: Kb, p: Caller) -> dict[str, Any]:
     if (body.secrets is None) == (body.dotenv is None):
         raise InvalidInput("give either secrets (a JSON object) or dotenv (the text of a .env file)")
     skipped: list[dict[str, Any]] = []
@@ -299,7 +311,7 @@ def import_secrets(project: str, env: str, body: ImportBody, kb: Kb, p: Caller) 
     responses={200: {"content": {"application/json": {}, "text/plain": {}}}},
 )
 def export_secrets(
-    project: str, env: str, kb: Kb, p: Caller, format: Literal["json", "dotenv"] = "json"
+    project: ProjectP, env: EnvP, kb: Kb, p: Caller, format: Literal["json", "dotenv"] = "json"
 ) -> Response:
     scope = scope_of(p, project, env)
     values: dict[str, str] = {}

@@ -272,7 +272,9 @@ login_lockouts = sa.Table(
 kv_config = sa.Table(
     "kb_kv_config",
     metadata,
-    sa.Column("project_id", sa.Integer, sa.ForeignKey("kb_projects.id"), primary_key=True, autoincrement=False),
+    sa.Column(
+        "project_id", sa.Integer, sa.ForeignKey("kb_projects.id"), primary_key=True, autoincrement=False
+    ),
     sa.Column("max_versions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cas_required", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("delete_version_after_s", sa.Integer, nullable=False, server_default="0"),
