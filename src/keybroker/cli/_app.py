@@ -16,12 +16,15 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from keybroker import __version__
+from keybroker.backends import _cli as _backends_cli
 from keybroker.cli import _cmd_data, _cmd_misc, _cmd_secret, _cmd_vault
 from keybroker.cli._io import OutputFormat
 from keybroker.cli._opts import EnvOpt, OutputOpt, ProjectOpt
 from keybroker.cli._state import State, new_request_principal, output_of
 from keybroker.config import load_settings
 from keybroker.errors import KeybrokerError
+from keybroker.mcp import _cli as _mcp_cli
+from keybroker.server import _cli as _server_cli
 
 __all__ = ["app", "main"]
 
@@ -131,6 +134,12 @@ app.command(
 app.add_typer(_cmd_misc.keypair_app, name="keypair")
 app.add_typer(_cmd_misc.audit_app, name="audit")
 app.command("rekey")(_cmd_vault.rekey)
+
+# Front ends that live in their own packages add their commands here (each imports its heavy
+# dependencies lazily, inside the command).
+_server_cli.register(app)
+_backends_cli.register(app)
+_mcp_cli.register(app)
 
 
 def main() -> None:
