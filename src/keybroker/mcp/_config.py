@@ -40,7 +40,11 @@ def safe_db_url(url: str) -> tuple[str, bool]:
         raise InvalidInput("KEYBROKER_DB_URL is not a database URL") from None
     if u.password is None:
         return url, False
-    return u.set(password=None).render_as_string(hide_password=False), True
+    # URL.set() ignores None; _replace is the documented NamedTuple way to drop a field
+    stripped = u._replace(password=None)
+    if stripped.password is not None:  # pragma: no cover - defensive
+        raise InvalidInput("cannot remove the password from KEYBROKER_DB_URL")
+    return stripped.render_as_string(hide_password=False), True
 
 
 def client_config(
