@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -95,6 +95,20 @@ class AuditLog:
     ) -> int:
         """Append one record inside the caller's transaction (so it commits, or fails, with the
         operation it describes). Returns its sequence number."""
+        entry = (principal, action, target, result, version, detail, value_hmac)
+        return self.append_many(conn, [entry])[0]
+
+    def append_many(
+        self,
+        conn: Connection,
+        entries: Sequence[tuple[Principal, str, str, str, int | None, dict[str, Any] | None, str | None]],
+    ) -> list[int]:
+        """Append several records, chained in order, inside the caller's transaction with one
+        head read, one insert and one head update (the gateway's group commit of use records).
+        Each entry is ``(principal, action, target, result, version, detail, value_hmac)``.
+        Returns their sequence numbers."""
+        if not entries:
+            return []
         t = tables.audit_head
         head = conn.execute(sa.select(t.c.seq, t.c.hash).where(t.c.id == 1).with_for_update()).first()
         if head is None:
@@ -102,24 +116,29 @@ class AuditLog:
             prev_seq, prev_hash = 0, GENESIS
         else:
             prev_seq, prev_hash = int(head.seq), str(head.hash)
-        fields: dict[str, Any] = {
-            "seq": prev_seq + 1,
-            "ts": _ts(self.clock.now()),
-            "actor": principal.label,
-            "action": action,
-            "target": target,
-            "version": version,
-            "result": result,
-            "request_id": principal.request_id or uuid.uuid4().hex,
-            "client": principal.client[:128],
-            "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":")),
-            "value_hmac": value_hmac,
-            "prev_hash": prev_hash,
-        }
-        fields["hash"] = record_hash(fields)
-        conn.execute(sa.insert(tables.audit_log).values(**fields))
-        conn.execute(sa.update(t).where(t.c.id == 1).values(seq=fields["seq"], hash=fields["hash"]))
-        return int(fields["seq"])
+        ts = _ts(self.clock.now())
+        rows: list[dict[str, Any]] = []
+        for principal, action, target, result, version, detail, value_hmac in entries:
+            fields: dict[str, Any] = {
+                "seq": prev_seq + 1,
+                "ts": ts,
+                "actor": principal.label,
+                "action": action,
+                "target": target,
+                "version": version,
+                "result": result,
+                "request_id": principal.request_id or uuid.uuid4().hex,
+                "client": principal.client[:128],
+                "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":")),
+                "value_hmac": value_hmac,
+                "prev_hash": prev_hash,
+            }
+            fields["hash"] = record_hash(fields)
+            rows.append(fields)
+            prev_seq, prev_hash = int(fields["seq"]), str(fields["hash"])
+        conn.execute(sa.insert(tables.audit_log), rows)
+        conn.execute(sa.update(t).where(t.c.id == 1).values(seq=prev_seq, hash=prev_hash))
+        return [int(r["seq"]) for r in rows]
 
     def record(self, principal: Principal, action: str, target: str, **kw: Any) -> int:
         """Append in a transaction of its own (for denials, failures, seal/unseal)."""

@@ -952,6 +952,17 @@ def _redact_url(arg: object) -> object:
     return arg
 
 
+class _RedactHeaders(logging.Filter):
+    """httpcore's DEBUG trace prints every response's headers, and an upstream may echo the key
+    in one: keep the event, drop the headers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("receive_response_headers.complete "):
+            record.msg = "receive_response_headers.complete (headers not logged)"
+            record.args = ()
+        return True
+
+
 _redaction_installed = False
 
 
@@ -959,4 +970,6 @@ def _install_log_redaction() -> None:
     global _redaction_installed
     if not _redaction_installed:
         logging.getLogger("httpx").addFilter(_RedactQuery())
+        for name in ("httpcore.http11", "httpcore.http2"):
+            logging.getLogger(name).addFilter(_RedactHeaders())
         _redaction_installed = True

@@ -22,9 +22,20 @@ from typing import Any, Literal
 
 import uvicorn
 
-__all__ = ["FakeUpstream", "Seen", "ServerThread"]
+from keybroker.core._access_requests import AccessPolicy, AccessRequestService, MemoryNotifier
+from keybroker.core._agents import ToolRegistry
+from keybroker.core._identity import IdentityService
+from keybroker.core._models import Scope
+from keybroker.core._principal import Principal
+from keybroker.core._proxy_tokens import ProxyTokenService
+from keybroker.core._secrets import SecretService
+from keybroker.core._sessions import SessionService
+from keybroker.core._tokens import TokenService
+from keybroker.core._vault import Vault
 
-Scope = MutableMapping[str, Any]
+__all__ = ["AccessStack", "FakeUpstream", "Seen", "ServerThread"]
+
+AsgiScope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -55,9 +66,11 @@ class FakeUpstream:
     seen: list[Seen] = field(default_factory=list)
     proxy_token_seen: bool = False
     broken_closed: threading.Event = field(default_factory=threading.Event)
+    #: set when a client went away in the middle of a streamed answer
+    stream_abandoned: threading.Event = field(default_factory=threading.Event)
 
     # ------------------------------------------------------------------ ASGI
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 while True:
@@ -129,15 +142,41 @@ class FakeUpstream:
                 },
             )
         echo = key if model == "echo-key" else None
+        if req.get("stream") and (anthropic or path.endswith("/chat/completions")):
+            return await self._watched(receive, send, req, model, echo, anthropic)
         if path.endswith("/chat/completions"):
-            if req.get("stream"):
-                return await self._openai_stream(send, req, model, echo)
             return await _json(send, 200, _completion(echo), [(b"x-echo", echo.encode())] if echo else [])
         if anthropic:
-            if req.get("stream"):
-                return await self._anthropic_stream(send, model, echo)
             return await _json(send, 200, _message(echo), [(b"x-echo", echo.encode())] if echo else [])
         return await _json(send, 404, {"error": {"message": "no such path", "type": "invalid_request_error"}})
+
+    async def _watched(
+        self, receive: Receive, send: Send, req: dict[str, Any], model: str, echo: str | None, anthropic: bool
+    ) -> None:
+        """Stream, and notice at once if the client (the gateway) goes away mid-stream."""
+        work = asyncio.ensure_future(
+            self._anthropic_stream(send, model, echo)
+            if anthropic
+            else self._openai_stream(send, req, model, echo)
+        )
+
+        async def watch() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    if not work.done():
+                        self.stream_abandoned.set()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({watcher, work}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                work.result()
+            else:
+                work.cancel()
+        finally:
+            watcher.cancel()
 
     @staticmethod
     def _key(headers: dict[str, str], query: str) -> str | None:
@@ -336,3 +375,86 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
+
+
+@dataclass
+class AccessStack:
+    """The agent-access services over one vault, as a server builds them (for tests and bench)."""
+
+    vault: Vault
+    secrets: SecretService
+    sessions: SessionService
+    tokens: ProxyTokenService
+    tools: ToolRegistry
+    requests: AccessRequestService
+    identities: IdentityService
+    notifier: MemoryNotifier
+
+    @classmethod
+    def build(cls, vault: Vault, *, policy: AccessPolicy | None = None) -> AccessStack:
+        secrets = SecretService(vault)
+        sessions = SessionService(secrets)
+        tokens = ProxyTokenService(sessions)
+        tools = ToolRegistry(sessions)
+        notifier = MemoryNotifier()
+        requests = AccessRequestService(tools, notifier=notifier, policy=policy)
+        identities = IdentityService(vault, TokenService(vault))
+        return cls(vault, secrets, sessions, tokens, tools, requests, identities, notifier)
+
+    def agent(self, admin: Principal, name: str = "bot") -> Principal:
+        """A new agent identity, and the principal its login token gives."""
+        ident = self.identities.create(admin, name, "agent")
+        return Principal(
+            id=f"default/{name}",
+            kind="agent",
+            client="test",
+            attrs={"org": "default", "identity_id": ident.id},
+        )
+
+    def put_key(
+        self,
+        admin: Principal,
+        name: str,
+        value: str,
+        *,
+        provider: str,
+        base_url: str | None = None,
+        risk: str = "low",
+        scope: Scope | None = None,
+        **custom: str,
+    ) -> None:
+        md = {k.replace("_", "."): v for k, v in custom.items()}
+        if base_url:
+            md["gateway.base_url"] = base_url
+        self.secrets.put(
+            admin, scope or Scope(), name, value, provider=provider, risk=risk, custom_metadata=md
+        )
+
+    def grant(
+        self,
+        admin: Principal,
+        agent: Principal,
+        names: list[str],
+        *,
+        tool: str = "tool",
+        duration_s: int = 600,
+        budget: dict[str, int] | None = None,
+        max_risk: str = "medium",
+    ) -> str:
+        """Register a tool allowing ``names`` (default project, dev) and get an auto-approved
+        session for them. Returns the session id."""
+        self.tools.register(
+            admin,
+            agent.attrs["identity_id"],
+            tool,
+            allowed_secrets=[f"default/{n}" for n in names],
+            environments=["dev"],
+            max_risk=max_risk,
+            max_session_s=max(duration_s, 60),
+            budget=budget,
+        )
+        req = self.requests.request(
+            agent, tool, [f"default/dev/{n}" for n in names], justification="test", duration_s=duration_s
+        )
+        assert req.session_id is not None, req.policy
+        return req.session_id

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,9 @@ log = logging.getLogger("keybroker.gateway")
 
 _MARKERS = (b'"usage"', b'"usageMetadata"')
 _MAX_LINE = 1 << 16
+_COUNT = re.compile(
+    rb'"(input_tokens|output_tokens|prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)'
+)
 
 
 def _int(v: Any) -> int:
@@ -64,8 +68,8 @@ def usage_from_json(obj: Any) -> tuple[int, int, int]:
 
 class UsageScanner:
     """Feed it the body as it streams; :attr:`tokens` is the usage seen so far. Lines without a
-    usage marker are skipped without parsing, so the cost on a token stream is one ``in`` test
-    per chunk."""
+    usage marker are skipped without parsing, so the cost on a token stream is a search per
+    chunk."""
 
     __slots__ = ("_inp", "_out", "_tail", "_total")
 
@@ -87,15 +91,16 @@ class UsageScanner:
         self._total = max(self._total, total)
 
     def feed(self, chunk: bytes) -> None:
-        if not self._tail and not any(m in chunk for m in _MARKERS):
-            return
-        data = self._tail + chunk
+        data = self._tail + chunk if self._tail else chunk
         cut = data.rfind(b"\n")
         if cut < 0:
             self._tail = data[-_MAX_LINE:]
             return
         self._tail = data[cut + 1 :][-_MAX_LINE:]
-        for line in data[:cut].split(b"\n"):
+        head = data[:cut]
+        if not any(m in head for m in _MARKERS):
+            return
+        for line in head.split(b"\n"):
             if any(m in line for m in _MARKERS):
                 self._line(line)
 
@@ -123,7 +128,12 @@ class UsageScanner:
         if self._tail:
             tail, self._tail = self._tail, b""
             if any(m in tail for m in _MARKERS):
+                before = self.tokens
                 self._line(tail)
+                if self.tokens == before:
+                    # the end of a long one-line body: read the counts without parsing it whole
+                    counts = {k.decode(): int(v) for k, v in _COUNT.findall(tail)}
+                    self._take({"usage": counts})
 
 
 @dataclass(slots=True)
@@ -208,10 +218,10 @@ class UseRecorder:
     def _write(self, batch: list[UseRecord]) -> None:
         deltas: dict[str, UsageDelta] = {}
         with self.store.begin() as conn:
+            self.audit.append_many(
+                conn, [(r.principal, "gateway.use", r.target, r.result, None, r.detail, None) for r in batch]
+            )
             for rec in batch:
-                self.audit.append(
-                    conn, rec.principal, "gateway.use", rec.target, result=rec.result, detail=rec.detail
-                )
                 if rec.token_id and (rec.requests or rec.tokens):
                     d = deltas.get(rec.token_id)
                     at = rec.at or datetime.now().astimezone()
