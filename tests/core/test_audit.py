@@ -329,7 +329,7 @@ mutations = st.sampled_from(["edit", "delete", "insert", "swap", "truncate"])
 
 
 @settings(
-    max_examples=70,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -28,9 +28,6 @@ def test_generate(secrets: SecretService, me) -> None:  # type: ignore[no-untype
         assert isinstance(serialization.load_pem_private_key(priv, password=None), TYPES[algorithm])
         assert public_key_pem(priv) == pub
         assert secrets.keypair_public(me, S, name) == (1, algorithm, pub)
-
-
-def test_default_is_ed25519(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
     _, pub = secrets.keypair_generate(me, S, "ID")
     assert isinstance(serialization.load_pem_public_key(pub.encode()), ed25519.Ed25519PublicKey)
     assert secrets.keypair_public(me, S, "ID")[1] == "ed25519"
@@ -48,6 +45,10 @@ def test_rotate(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-
     assert secrets.keypair_public(me, S, "ID", version=1) == (1, "ed25519", pub1)
     with pytest.raises(VersionNotFound):
         secrets.keypair_public(me, S, "ID", version=3)
+    # the public half reads without the key: no unseal needed
+    _, pub = secrets.keypair_generate(me, S, "ID2")
+    secrets.vault.seal(me)
+    assert secrets.keypair_public(me, S, "ID2")[2] == pub
 
 
 def test_rotate_to_another_algorithm(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
@@ -75,9 +76,3 @@ def test_errors(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-
     with pytest.raises(SecretNotFound):
         secrets.keypair_public(me, S, "NOPE")
     assert secrets.get(me, S, "PLAIN").value.reveal() == "not a key"
-
-
-def test_public_key_read_needs_no_unseal(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
-    _, pub = secrets.keypair_generate(me, S, "ID")
-    secrets.vault.seal(me)
-    assert secrets.keypair_public(me, S, "ID")[2] == pub

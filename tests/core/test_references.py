@@ -62,23 +62,17 @@ def test_escape(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-
     assert read(secrets, me, "ONLY_ESCAPE") == "${NOT_A_SECRET}"
 
 
-def test_self_reference_is_a_cycle(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
+def test_cycles(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
     secrets.put(me, S, "A", "x${A}")
     with pytest.raises(ReferenceCycle) as info:
         secrets.get(me, S, "A")
     assert info.value.code == "reference_cycle" and info.value.status == 400
     assert read(secrets, me, "A", resolve=False) == "x${A}"
-
-
-def test_two_step_cycle(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
     secrets.put(me, S, "A", "a${B}")
     secrets.put(me, S, "B", "b${A}")
     for name in ("A", "B"):
         with pytest.raises(ReferenceCycle):
             secrets.get(me, S, name)
-
-
-def test_cycle_across_projects(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
     secrets.create_project(me, "p2", environments=["dev"])
     secrets.put(me, S, "A", "${p2.dev.B}")
     secrets.put(me, Scope("p2", "dev"), "B", "${C}")
@@ -174,7 +168,4 @@ def test_export(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-
     assert "b-a" not in repr(out)
     exports = [e for e in secrets.audit.iter_entries() if e.action == "secret.export" and e.result == "ok"]
     assert sorted(e.target for e in exports) == [f"default/default/dev/{n}" for n in ("A", "B", "ROTATING")]
-
-
-def test_export_of_an_empty_environment(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
     assert secrets.export(me, Scope("default", "staging")) == {}

@@ -220,13 +220,6 @@ def test_rotate_and_promote(secrets: SecretService, me) -> None:  # type: ignore
     assert {h.version: h.labels for h in secrets.history(me, S, "KEY")} == {1: ("previous",), 2: ("current",)}
 
 
-def test_rotate_needs_an_existing_secret(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(SecretNotFound):
-        secrets.rotate(me, S, "NOPE", "v")
-    with pytest.raises(SecretNotFound):
-        secrets.promote(me, S, "NOPE")
-
-
 def test_promote_without_pending(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
     secrets.put(me, S, "KEY", "v1")
     with pytest.raises(VersionNotFound):
@@ -234,6 +227,10 @@ def test_promote_without_pending(secrets: SecretService, me) -> None:  # type: i
     with pytest.raises(VersionNotFound):
         secrets.get(me, S, "KEY", label="previous")
     assert value(secrets, me, "KEY") == "v1"
+    with pytest.raises(SecretNotFound):
+        secrets.rotate(me, S, "NOPE", "v")
+    with pytest.raises(SecretNotFound):
+        secrets.promote(me, S, "NOPE")
 
 
 def test_plain_write_during_rotation_drops_pending(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
@@ -345,13 +342,11 @@ def test_destroy(secrets: SecretService, me, store: Store) -> None:  # type: ign
         secrets.destroy(me, S, "KEY", [])
     with pytest.raises(VersionNotFound):
         secrets.destroy(me, S, "KEY", [3])
-
-
-def test_destroy_a_deleted_secret(secrets: SecretService, me, store: Store) -> None:  # type: ignore[no-untyped-def]
-    secrets.put(me, S, "KEY", "v1")
-    secrets.delete(me, S, "KEY")
-    secrets.destroy(me, S, "KEY", [1])
-    assert version_rows(store, "KEY")[1]["ciphertext"] is None
+    # a soft-deleted secret can still be destroyed
+    secrets.put(me, S, "KEY2", "v1")
+    secrets.delete(me, S, "KEY2")
+    secrets.destroy(me, S, "KEY2", [1])
+    assert version_rows(store, "KEY2")[1]["ciphertext"] is None
 
 
 def test_purge(secrets: SecretService, me, store: Store) -> None:  # type: ignore[no-untyped-def]
@@ -458,7 +453,7 @@ BAD_METADATA: list[dict[str, Any]] = [
 ]
 
 
-def test_metadata_validation(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_validation(secrets: SecretService, me, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
     secrets.put(me, S, "KEY", "v")
     for bad in BAD_METADATA:
         with pytest.raises(InvalidInput):
@@ -471,9 +466,6 @@ def test_metadata_validation(secrets: SecretService, me) -> None:  # type: ignor
             secrets.update_metadata(me, S, "KEY", **bad)
     m = secrets.describe(me, S, "KEY")
     assert (m.risk, m.latest_version, m.provider, m.tags) == ("low", 1, "generic", [])
-
-
-def test_naive_expiry_is_refused(secrets: SecretService, me, clock: ManualClock) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInput):
         secrets.put(me, S, "KEY", "v", expires_at=clock.now().replace(tzinfo=None))
 
@@ -494,12 +486,10 @@ def test_max_versions_prunes_but_keeps_labelled(secrets: SecretService, me) -> N
     secrets.promote(me, S, "KEY")
     secrets.put(me, S, "KEY", "v5")  # current=5, previous=4
     assert [h.version for h in secrets.history(me, S, "KEY")] == [4, 5]
-
-
-def test_max_versions_zero_keeps_everything(secrets: SecretService, me) -> None:  # type: ignore[no-untyped-def]
+    # max_versions=0 (the default) keeps everything
     for i in range(6):
-        secrets.put(me, S, "KEY", f"v{i}")
-    assert len(secrets.history(me, S, "KEY")) == 6
+        secrets.put(me, S, "ALL", f"v{i}")
+    assert len(secrets.history(me, S, "ALL")) == 6
 
 
 # ---------------------------------------------------------------- projects and environments

@@ -136,6 +136,9 @@ def test_seal_and_unseal(vault: Vault, secrets: SecretService, me, fast_passphra
     assert not vault.sealed
     assert secrets.get(me, Scope(), "A").value.reveal() == "value-a"
     assert ("vault.seal", "ok") in actions(vault) and ("vault.unseal", "ok") in actions(vault)
+    with pytest.raises(UnsealFailed):
+        vault.unseal(PassphraseRoot("nope"), me)
+    assert not vault.sealed
 
 
 def test_wrong_passphrase_changes_nothing(
@@ -166,12 +169,6 @@ def test_wrong_passphrase_changes_nothing(
     assert vault.audit.verify().ok
     vault.unseal(fast_passphrase, me)
     assert secrets.get(me, Scope(), "A").value.reveal() == "value-a"
-
-
-def test_wrong_passphrase_does_not_seal_an_open_vault(vault: Vault, me) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(UnsealFailed):
-        vault.unseal(PassphraseRoot("nope"), me)
-    assert not vault.sealed
 
 
 def test_empty_passphrase_is_refused() -> None:
@@ -215,12 +212,6 @@ def test_idle_auto_seal(
     assert s.get(me, Scope(), "A").value.reveal() == "value-a"
 
 
-def test_auto_seal_off_by_default(vault: Vault, clock: ManualClock) -> None:
-    assert vault.auto_seal_after is None
-    clock.advance(days=365)
-    assert not vault.sealed
-
-
 def test_auto_seal_without_use_of_secrets(
     vault: Vault, store: Store, clock: ManualClock, me, fast_passphrase
 ) -> None:  # type: ignore[no-untyped-def]
@@ -231,6 +222,10 @@ def test_auto_seal_without_use_of_secrets(
     clock.advance(0.001)
     with pytest.raises(VaultSealed):
         v.keyring()
+    # auto-seal is off by default
+    assert vault.auto_seal_after is None
+    clock.advance(days=365)
+    assert not vault.sealed
 
 
 # ---------------------------------------------------------------- root key sources
