@@ -26,9 +26,9 @@ def wait_for(pred: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def test_sync_client_round_trip_and_errors(replica: Any, store_url: str, tokens: dict[str, str]) -> None:
+def test_sync_client_round_trip_and_errors(replica: Any, store_url: str) -> None:
     r = replica(store_url)
-    with Client(r.url, tokens["all"], project="app", environment="dev") as kb:
+    with Client(r.url, r.tokens["all"], project="app", environment="dev") as kb:
         md = kb.set("OPENAI_API_KEY", VALUE, description="for tests", tags=["ci"])
         assert md["latest_version"] == 1 and md["tags"] == ["ci"]
         assert kb.get("OPENAI_API_KEY").reveal() == VALUE
@@ -54,7 +54,7 @@ def test_sync_client_round_trip_and_errors(replica: Any, store_url: str, tokens:
 
         with pytest.raises(SecretDeleted):
             kb.get("db/main")
-    with Client(r.url, tokens["dev"], project="app", environment="prod") as kb:
+    with Client(r.url, r.tokens["dev"], project="app", environment="prod") as kb:
         with pytest.raises(PermissionDenied):
             kb.get("OPENAI_API_KEY")
     with Client(r.url, "kbt_wrong", project="app") as kb:
@@ -64,16 +64,14 @@ def test_sync_client_round_trip_and_errors(replica: Any, store_url: str, tokens:
             kb.get("OPENAI_API_KEY")
 
 
-def test_cache_ttl_and_invalidation_by_the_stream(
-    replica: Any, store_url: str, tokens: dict[str, str]
-) -> None:
+def test_cache_ttl_and_invalidation_by_the_stream(replica: Any, store_url: str) -> None:
     r = replica(store_url)
     clock = ManualClock()
-    writer = Client(r.url, tokens["all"], project="app", environment="dev")
+    writer = Client(r.url, r.tokens["all"], project="app", environment="dev")
     writer.set("K", "v1")
-    plain = Client(r.url, tokens["all"], project="app", environment="dev", clock=clock)
+    plain = Client(r.url, r.tokens["all"], project="app", environment="dev", clock=clock)
     live = Client(
-        r.url, tokens["all"], project="app", environment="dev", clock=clock, cache_invalidation=True
+        r.url, r.tokens["all"], project="app", environment="dev", clock=clock, cache_invalidation=True
     )
     try:
         assert live.wait_watching(5)
@@ -101,15 +99,15 @@ def test_cache_ttl_and_invalidation_by_the_stream(
     assert not live.watching
 
 
-def test_async_client_and_invalidation(replica: Any, store_url: str, tokens: dict[str, str]) -> None:
+def test_async_client_and_invalidation(replica: Any, store_url: str) -> None:
     r = replica(store_url)
 
     async def main() -> None:
         clock = ManualClock()
         async with (
-            AsyncClient(r.url, tokens["all"], project="app", environment="dev") as writer,
+            AsyncClient(r.url, r.tokens["all"], project="app", environment="dev") as writer,
             AsyncClient(
-                r.url, tokens["all"], project="app", environment="dev", clock=clock, cache_invalidation=True
+                r.url, r.tokens["all"], project="app", environment="dev", clock=clock, cache_invalidation=True
             ) as kb,
         ):
             assert await kb.wait_watching(5)
@@ -135,12 +133,10 @@ def test_async_client_and_invalidation(replica: Any, store_url: str, tokens: dic
     asyncio.run(main())
 
 
-def test_last_known_value_when_the_server_is_down(
-    replica: Any, store_url: str, tokens: dict[str, str]
-) -> None:
+def test_last_known_value_when_the_server_is_down(replica: Any, store_url: str) -> None:
     r = replica(store_url)
     clock = ManualClock()
-    with Client(r.url, tokens["all"], project="app", environment="dev", clock=clock, max_stale=3600) as kb:
+    with Client(r.url, r.tokens["all"], project="app", environment="dev", clock=clock, max_stale=3600) as kb:
         kb.set("K", VALUE)
         assert kb.get("K").reveal() == VALUE
         r.server.stop()
@@ -161,14 +157,14 @@ def test_last_known_value_when_the_server_is_down(
         assert kb.get("K").reveal() == VALUE
 
 
-def test_watch_resumes_after_a_server_restart(replica: Any, store_url: str, tokens: dict[str, str]) -> None:
+def test_watch_resumes_after_a_server_restart(replica: Any, store_url: str) -> None:
     """The sync watch() reconnects with Last-Event-ID and gets what was written while it was away."""
     from keybroker.core import Scope, local_principal
 
     r = replica(store_url)
     me = local_principal("test")
     got: list[Event] = []
-    kb = Client(r.url, tokens["all"], project="app", environment="dev", watch_backoff_max=0.2)
+    kb = Client(r.url, r.tokens["all"], project="app", environment="dev", watch_backoff_max=0.2)
 
     def run() -> None:
         for ev in kb.watch(project="app", environment="dev"):
@@ -198,13 +194,11 @@ def test_watch_resumes_after_a_server_restart(replica: Any, store_url: str, toke
     kb.close()
 
 
-def test_inject_env(
-    replica: Any, store_url: str, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_inject_env(replica: Any, store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     r = replica(store_url)
-    with Client(r.url, tokens["all"], project="app", environment="dev") as kb:
+    with Client(r.url, r.tokens["all"], project="app", environment="dev") as kb:
         kb.set("OPENAI_API_KEY", VALUE)
         kb.set("db/main", "pw")
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -217,24 +211,26 @@ def test_inject_env(
         assert env == {"APP_DB_MAIN": "pw"}
 
 
-def test_env_override_in_dev_only(replica: Any, store_url: str, tokens: dict[str, str]) -> None:
+def test_env_override_in_dev_only(replica: Any, store_url: str) -> None:
     r = replica(store_url)
     env = {"K": "from-env"}
-    with Client(r.url, tokens["all"], project="app", environment="dev", env_override=True, environ=env) as kb:
+    with Client(
+        r.url, r.tokens["all"], project="app", environment="dev", env_override=True, environ=env
+    ) as kb:
         kb.set("K", VALUE)
         kb.set("K", VALUE, environment="prod")
         assert kb.get("K").reveal() == "from-env"
         assert kb.get("K", environment="prod").reveal() == VALUE
 
 
-def test_pydantic_settings_source(replica: Any, store_url: str, tokens: dict[str, str]) -> None:
+def test_pydantic_settings_source(replica: Any, store_url: str) -> None:
     from pydantic import Field, SecretStr
     from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
     from keybroker.client import KeybrokerSettingsSource
 
     r = replica(store_url)
-    kb = Client(r.url, tokens["all"], project="app", environment="dev")
+    kb = Client(r.url, r.tokens["all"], project="app", environment="dev")
     kb.set("OPENAI_API_KEY", VALUE)
     kb.set("db/main", "pw")
     kb.set("port", "8080")

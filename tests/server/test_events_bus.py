@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from keybroker.core import Event, EventBus, EventFilter, Scope, SecretService, SubscriptionLagged
+from keybroker.errors import InvalidInput
 from keybroker.store import Store
 
 VALUE = "sk-never-in-an-event-0123456789"
@@ -248,7 +249,42 @@ def test_bus_close_ends_subscriptions(secrets: SecretService) -> None:
 
 
 def test_filter_needs_org() -> None:
-    from keybroker.errors import InvalidInput
-
     with pytest.raises(InvalidInput):
         EventFilter("")
+
+
+def test_sse_frames_keepalives_and_lag(secrets: SecretService, me: Any) -> None:
+    """The /v1/events body generator: retry + connected first, keep-alive comments when idle,
+    one frame per event (id, event, data), an error frame and the end when the subscriber lags."""
+    from keybroker.core import LocalOwnerAuthorizer
+    from keybroker.server._events import _last_event_id, _stream
+
+    _setup(secrets, me)
+    bus = EventBus(secrets.store, max_queue=2)
+    bus.attach(secrets)
+
+    async def main() -> None:
+        sub = bus.subscribe(EventFilter("default", "app"))
+        gen = _stream(sub, me, LocalOwnerAuthorizer(), 0.05, 250)
+        assert await gen.__anext__() == b"retry: 250\n: connected\n\n"
+        assert await gen.__anext__() == b": keep-alive\n\n"
+        await asyncio.to_thread(secrets.put, me, Scope("app", "dev"), "K", VALUE)
+        frame = (await gen.__anext__()).decode()
+        lines = frame.split("\n")
+        assert lines[0].startswith("id: ") and lines[1] == "event: created" and lines[2].startswith("data: ")
+        assert json.loads(lines[2][6:])["name"] == "K" and VALUE not in frame and frame.endswith("\n\n")
+        await asyncio.to_thread(lambda: [secrets.put(me, Scope("app", "dev"), "K", VALUE) for _ in range(3)])
+        await asyncio.sleep(0.05)
+        rest = [chunk async for chunk in gen]
+        assert rest[-1].startswith(b"event: error") and b"subscription_lagged" in rest[-1]
+        assert bus.subscriber_count == 0
+
+    asyncio.run(main())
+    assert (
+        _last_event_id("12", "3") == 12
+        and _last_event_id(None, "3") == 3
+        and _last_event_id("", None) is None
+    )
+    for bad in ("-1", "x", "1" * 20):
+        with pytest.raises(InvalidInput):
+            _last_event_id(bad, None)
