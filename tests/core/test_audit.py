@@ -200,6 +200,12 @@ def test_denied_operations_are_audited(vault: Vault, secrets: SecretService, me,
         (lambda: secrets.history(BOB, S, "KEY"), "secret.history", T + "KEY"),
         (lambda: secrets.keypair_public(BOB, S, "ID"), "keypair.public", T + "ID"),
         (lambda: secrets.keypair_generate(BOB, S, "ID2"), "keypair.generate", T + "ID2"),
+        (lambda: secrets.keypair_generate(BOB, S, "ID"), "keypair.generate", T + "ID"),
+        # no answer may tell a denied caller whether a name exists
+        (lambda: secrets.rotate(BOB, S, "NOPE", "v"), "secret.rotate", T + "NOPE"),
+        (lambda: secrets.keypair_generate(BOB, S, "NOPE", rotate=True), "keypair.rotate", T + "NOPE"),
+        (lambda: secrets.get(BOB, S, "NOPE"), "secret.read", T + "NOPE"),
+        (lambda: secrets.describe(BOB, S, "NOPE"), "secret.describe", T + "NOPE"),
         (lambda: secrets.create_project(BOB, "evil"), "project.create", "default/evil/*"),
         (
             lambda: secrets.create_environment(BOB, "default", "evil"),

@@ -509,6 +509,8 @@ class SecretService:
         self, principal: Principal, scope: Scope, name: str, value: SecretValue | str | bytes
     ) -> SecretMeta:
         """Write a ``pending`` version; ``current`` keeps working until :meth:`promote`."""
+        check_secret_name(name)
+        self._authorize(principal, "write", scope, name, "secret.rotate")  # before revealing existence
         with self.store.connect() as conn:
             self._secret_row(conn, scope, name)
         return self.put(principal, scope, name, value, label="pending", action="secret.rotate")
@@ -864,6 +866,8 @@ class SecretService:
     ) -> tuple[SecretMeta, str]:
         """Store a new private key as a secret; the public key is kept beside it in clear."""
         check_secret_name(name)
+        action = "keypair.rotate" if rotate else "keypair.generate"
+        self._authorize(principal, "write", scope, name, action)  # before revealing existence
         with self.store.connect() as conn:
             exists = True
             try:
