@@ -198,3 +198,36 @@ def test_http_declined_elicitation_withdraws_the_request(http: Http) -> None:
         assert err(portal.call(session.call_tool, "revoke_access", {"request_id": b["request_id"]})) == (
             "request_not_pending"
         )
+
+
+def test_mounted_in_keybroker_serve(store_url: str) -> None:
+    """``create_app(extensions=[keybroker.mcp.install])``: /mcp beside the REST API, over the
+    server's own services, the session manager started by the first request."""
+    from keybroker.mcp import install
+    from keybroker.server import create_app
+
+    world = make_world(store_url)
+    try:
+        app = create_app(vault=world.vault, extensions=[install])
+        token = world.services.identities.login_client_secret(
+            world.client_id, world.client_secret
+        ).token.reveal()
+        with ServerThread(app, lifespan="on") as srv:
+            with (
+                anyio.from_thread.start_blocking_portal() as portal,
+                portal.wrap_async_context_manager(open_http(f"{srv.url}/mcp", token)) as session,
+            ):
+                r = portal.call(session.call_tool, "list_secrets", {})
+                assert isinstance(r, types.CallToolResult)
+                assert len(ok(r)["secrets"]) == 4
+                r = portal.call(
+                    session.call_tool,
+                    "request_access",
+                    {"secrets": ["default/dev/WEATHER_KEY"], "justification": "j", "duration_s": 60},
+                )
+                assert ok(r)["state"] == "approved"
+            with httpx.Client(timeout=10) as c:
+                assert c.post(f"{srv.url}/mcp", json=INIT, headers=ACCEPT).status_code == 401
+                assert c.get(f"{srv.url}/v1/sys/health").status_code in (200, 503)
+    finally:
+        world.vault.store.dispose()

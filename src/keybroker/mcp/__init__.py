@@ -12,15 +12,47 @@ Mounting in ``keybroker serve``: ``create_app(..., extensions=[keybroker.mcp.ins
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from keybroker.mcp._auth import AgentCredentials, AgentLogin, load_credentials
-from keybroker.mcp._config import CLIENTS, client_config
-from keybroker.mcp._http import McpHttpApp
-from keybroker.mcp._server import INSTRUCTIONS, KeybrokerMCP, RevealNotAllowed, TooManyPending
-from keybroker.mcp._services import AgentServices
-from keybroker.mcp._settings import McpSettings, load_mcp_settings
-from keybroker.mcp._tools import TOOLS, UnknownTool
+if TYPE_CHECKING:
+    from keybroker.mcp._auth import AgentCredentials, AgentLogin, load_credentials
+    from keybroker.mcp._config import CLIENTS, client_config
+    from keybroker.mcp._http import McpHttpApp
+    from keybroker.mcp._server import INSTRUCTIONS, KeybrokerMCP, RevealNotAllowed, TooManyPending
+    from keybroker.mcp._services import AgentServices
+    from keybroker.mcp._settings import McpSettings, load_mcp_settings
+    from keybroker.mcp._tools import TOOLS, UnknownTool
+
+# Imported on first use: the CLI imports keybroker.mcp._cli for every command, and the MCP SDK
+# (with Starlette and friends) is too heavy to load for `keybroker secret get`.
+_LAZY = {
+    "AgentCredentials": "_auth",
+    "AgentLogin": "_auth",
+    "load_credentials": "_auth",
+    "CLIENTS": "_config",
+    "client_config": "_config",
+    "McpHttpApp": "_http",
+    "INSTRUCTIONS": "_server",
+    "KeybrokerMCP": "_server",
+    "RevealNotAllowed": "_server",
+    "TooManyPending": "_server",
+    "AgentServices": "_services",
+    "McpSettings": "_settings",
+    "load_mcp_settings": "_settings",
+    "TOOLS": "_tools",
+    "UnknownTool": "_tools",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CLIENTS",
@@ -54,7 +86,10 @@ async def serve_stdio(mcp: KeybrokerMCP) -> None:
 def install(app: Any, kb: Any, settings: McpSettings | None = None) -> McpHttpApp:
     """A ``keybroker serve`` extension: route ``settings.path`` (``/mcp``) to the MCP endpoint,
     over the server's services (shared with the gateway through ``kb.extras``)."""
-    from keybroker.mcp._services import notifier_from_settings
+    from keybroker.mcp._http import McpHttpApp
+    from keybroker.mcp._server import KeybrokerMCP
+    from keybroker.mcp._services import AgentServices, notifier_from_settings
+    from keybroker.mcp._settings import load_mcp_settings
 
     settings = settings or load_mcp_settings()
     notifier = notifier_from_settings(settings) if settings.webhook_url else None

@@ -58,11 +58,12 @@ def _serve(
         ),
     ] = None,
 ) -> None:
-    """Serve MCP for agents: list, request, wait for approval, get proxy credentials, revoke.
+    """Serve MCP for agents (stdio by default; subcommands: config, credentials).
 
-    Secret values never cross MCP. Over stdio the server acts as the agent whose credential
-    KEYBROKER_AGENT_CREDENTIALS (or KEYBROKER_AGENT_TOKEN) names; over HTTP every request
-    carries the agent's bearer token."""
+    Agents list secrets, ask for access, wait for a person's approval, get proxy credentials for
+    the gateway and revoke. Secret values never cross MCP. Over stdio the server acts as the
+    agent whose credential KEYBROKER_AGENT_CREDENTIALS (or KEYBROKER_AGENT_TOKEN) names; over
+    HTTP every request carries the agent's bearer token."""
     if ctx.invoked_subcommand is not None:
         return
     import anyio
@@ -136,8 +137,10 @@ def _config(
     ] = "KEYBROKER_AGENT_TOKEN",  # noqa: S107 - a variable name, not a token
     name: Annotated[str, typer.Option("--name", help="The server's name in the client.")] = "keybroker",
 ) -> None:
-    """Print the MCP client configuration to paste (it references the agent's credential, never
-    holds it)."""
+    """Print the MCP client configuration to paste.
+
+    It references the agent's own credential (a file path, or a variable name for HTTP) and never
+    holds a secret."""
     from keybroker.cli._state import get_state
     from keybroker.mcp._config import client_config, credentials_path_ok, safe_db_url
     from keybroker.mcp._settings import DEFAULT_GATEWAY_URL, load_mcp_settings
@@ -186,8 +189,9 @@ def _credentials(
     ],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
-    """Issue a new client secret for an agent and write it to a private credentials file (the old
-    secret stops working). The secret is never printed."""
+    """Write an agent's credentials file (mode 0600) with a new client secret.
+
+    The agent's previous client secret stops working. The secret is never printed."""
     from keybroker.cli._state import get_state
     from keybroker.core._identity import IdentityService
     from keybroker.core._rbac import RbacAuthorizer
@@ -234,7 +238,11 @@ def register(app: typer.Typer) -> None:
     """Add ``mcp`` (serve), ``mcp config`` and ``mcp credentials`` to ``app``."""
     mcp_app = typer.Typer(
         name="mcp",
-        help="MCP server for agents (Claude Desktop, Claude Code, Cursor, any MCP client).",
+        help="MCP server for agents (stdio or HTTP); client configs and agent credentials.",
+        epilog=(
+            "Agents list secrets, ask for access, wait for a person's approval and call providers "
+            "through the gateway with proxy tokens. Secret values never cross MCP. See docs/mcp.md."
+        ),
         no_args_is_help=False,
         add_completion=False,
     )
