@@ -194,3 +194,16 @@ def test_keypair_algorithm_from_public_key(algorithm: str) -> None:
     assert keypair_algorithm(pub) == algorithm
     with pytest.raises(DecryptionError):
         keypair_algorithm("not a pem")
+
+
+def test_argon2_refuses_parameters_above_the_maximum() -> None:
+    # stored params come from the database: a tampered row must not exhaust memory at unseal
+    import os as _os
+
+    from keybroker.crypto import Argon2Params, derive_argon2id
+    from keybroker.errors import InvalidInput as _InvalidInput
+
+    for kw in ({"memory_kib": 5 * 1024 * 1024}, {"time_cost": 65}, {"parallelism": 65}):
+        params = Argon2Params(_os.urandom(16), **{"memory_kib": 19 * 1024, "time_cost": 2, **kw})
+        with pytest.raises(_InvalidInput):
+            derive_argon2id("pw", params)

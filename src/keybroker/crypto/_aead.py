@@ -90,6 +90,11 @@ class Argon2Params:
     MIN_TIME = 2
     MIN_PARALLELISM = 1
     MIN_SALT = 16
+    # Upper bounds: stored parameters come from the database, and a tampered row must not make
+    # unseal allocate unbounded memory or spin for hours.
+    MAX_MEMORY_KIB = 4 * 1024 * 1024
+    MAX_TIME = 64
+    MAX_PARALLELISM = 64
 
     def __init__(self, salt: bytes, memory_kib: int = 65536, time_cost: int = 3, parallelism: int = 1):
         self.salt = salt
@@ -129,6 +134,12 @@ def derive_argon2id(passphrase: str, params: Argon2Params) -> bytes:
         raise InvalidInput(
             "Argon2id parameters are below OWASP's minimum (m>=19 MiB, t>=2, p>=1, salt>=16 bytes)"
         )
+    if (
+        params.memory_kib > Argon2Params.MAX_MEMORY_KIB
+        or params.time_cost > Argon2Params.MAX_TIME
+        or params.parallelism > Argon2Params.MAX_PARALLELISM
+    ):
+        raise InvalidInput("Argon2id parameters are above keybroker's maximum (m<=4 GiB, t<=64, p<=64)")
     if not passphrase:
         raise InvalidInput("the passphrase is empty")
     return hash_secret_raw(
