@@ -29,9 +29,6 @@ PASSPHRASE = "correct horse battery staple"
 FAST_KDF = {"memory_kib": 19 * 1024, "time_cost": 2, "parallelism": 1}
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-# Core's SessionService._end uses Result.tuples(), deprecated in SQLAlchemy 2.1 (reported to the
-# agents-and-gateway work; remove this filter once core stops calling it).
-TUPLES_DEPRECATION = r"ignore:The Result.tuples\(\) method is deprecated:sqlalchemy.exc.SADeprecationWarning"
 
 ElicitFn = Callable[[Any, types.ElicitRequestParams], Awaitable[types.ElicitResult | types.ErrorData]]
 

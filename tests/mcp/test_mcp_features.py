@@ -13,7 +13,7 @@ import mcp_types as types
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from mcp_support import TUPLES_DEPRECATION, Client, World, all_text, connect, err, ok
+from mcp_support import Client, World, all_text, connect, err, ok
 from pydantic import SecretStr
 
 from keybroker.core import Scope
@@ -24,8 +24,6 @@ from keybroker.mcp._auth import credentials_from_file
 from keybroker.mcp._server import input_ngrams, unquote
 from keybroker.mcp._settings import load_mcp_settings
 from mcp import Client as McpClient
-
-pytestmark = pytest.mark.filterwarnings(TUPLES_DEPRECATION)
 
 PENDING = {"secrets": ["default/dev/OPENAI_API_KEY"], "justification": "why not", "duration_s": 60}
 

@@ -8,12 +8,10 @@ import time
 
 import jsonschema
 import pytest
-from mcp_support import TUPLES_DEPRECATION, Client, World, body, err, ok
+from mcp_support import Client, World, body, err, ok
 
 from keybroker.core._access_errors import AgentCannotApprove, ProxyTokenRevoked
 from keybroker.core._proxy_tokens import is_proxy_token
-
-pytestmark = pytest.mark.filterwarnings(TUPLES_DEPRECATION)
 
 TOOL_NAMES = [
     "list_secrets",

@@ -16,14 +16,14 @@ import openai
 import pytest
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp_support import TUPLES_DEPRECATION, World, all_text, err, make_world, ok
+from mcp_support import World, all_text, err, make_world, ok
 
 from keybroker.gateway import Gateway
 from keybroker.gateway._testing import FakeUpstream, ServerThread
 from keybroker.mcp import KeybrokerMCP, McpHttpApp, McpSettings
 from mcp import ClientSession
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(TUPLES_DEPRECATION)]
+pytestmark = pytest.mark.slow
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INIT = {

@@ -17,13 +17,13 @@ import anyio.from_thread
 import mcp_types as types
 import openai
 import pytest
-from mcp_support import TUPLES_DEPRECATION, World, all_text, body, err, make_world, ok
+from mcp_support import World, all_text, body, err, make_world, ok
 
 from keybroker.gateway import Gateway, GatewayConfig
 from keybroker.gateway._testing import FakeUpstream, ServerThread
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(TUPLES_DEPRECATION)]
+pytestmark = pytest.mark.slow
 
 
 class Stdio:

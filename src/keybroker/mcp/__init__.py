@@ -96,7 +96,15 @@ def install(app: Any, kb: Any, settings: McpSettings | None = None) -> McpHttpAp
     services = AgentServices.from_server(kb, notifier=notifier)
     if notifier is not None:
         services.owned.append(notifier)
-    http = McpHttpApp(KeybrokerMCP(services, settings, transport="http"), path=settings.path)
+    from keybroker.mcp._http import security_for
+
+    # the Host check follows where serve listens, not the standalone MCP server's default
+    host = str(getattr(getattr(kb, "settings", None), "host", settings.host))
+    http = McpHttpApp(
+        KeybrokerMCP(services, settings, transport="http"),
+        path=settings.path,
+        security=security_for(host, settings.allowed_hosts),
+    )
     app.add_route(settings.path, http, include_in_schema=False)
     app.state.on_shutdown.append(http.close_nowait)
     app.state.on_shutdown.append(services.close)
