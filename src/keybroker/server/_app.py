@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -56,6 +57,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        threads = settings.worker_threads or (1 if kb.vault.store.dialect == "sqlite" else 8)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         for fn in app.state.on_startup:
             fn()
         yield

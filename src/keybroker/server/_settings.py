@@ -55,6 +55,10 @@ class ServerSettings(BaseSettings):
     access_log: bool = True
     log_level: str = "info"
     graceful_timeout_s: float = 10.0
+    #: threads that run the blocking work (store, crypto) of requests. Default: 1 on SQLite,
+    #: where writes (and every read writes its audit record) take one lock anyway and more
+    #: threads only queue in SQLite's sleeping busy handler (p99 x5); 8 on PostgreSQL.
+    worker_threads: int | None = Field(default=None, ge=1, le=256)
     #: seconds between polls of the change table for events written by other processes (0: off;
     #: PostgreSQL replicas use LISTEN/NOTIFY and need no polling)
     events_poll_s: float = 1.0
