@@ -31,9 +31,8 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
@@ -51,6 +50,9 @@ from keybroker.core._sessions import SYSTEM_PRINCIPAL, principal_identity, princ
 from keybroker.crypto import SecretValue
 from keybroker.errors import AlreadyExists, InvalidInput, KeybrokerError
 from keybroker.store import tables
+
+if TYPE_CHECKING:  # httpx is imported when a webhook is first configured, not with core
+    import httpx
 
 __all__ = [
     "REQUEST_STATES",
@@ -117,6 +119,8 @@ class WebhookNotifier:
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        import httpx
+
         if not url.startswith(("https://", "http://")):
             raise InvalidInput("the webhook URL must be http(s)")
         raw = secret.reveal_bytes() if isinstance(secret, SecretValue) else secret
@@ -172,6 +176,8 @@ class WebhookNotifier:
             self._thread = None
 
     def _run(self) -> None:
+        import httpx
+
         with httpx.Client(timeout=self._timeout, transport=self._transport) as client:
             while True:
                 item = self._queue.get()
@@ -183,6 +189,8 @@ class WebhookNotifier:
                     self._queue.task_done()
 
     def _deliver(self, client: httpx.Client, event: str, body: bytes, delivery: str) -> None:
+        import httpx
+
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "keybroker-webhook/1",

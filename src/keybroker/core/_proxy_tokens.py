@@ -30,7 +30,7 @@ from keybroker.core._access_errors import (
 from keybroker.core._models import Scope
 from keybroker.core._principal import Principal
 from keybroker.core._providers import PROVIDERS, upstream_for
-from keybroker.core._sessions import SESSION_ATTR, Budget, Revocation, SessionService
+from keybroker.core._sessions import SESSION_ATTR, Budget, Revocation, SessionInfo, SessionService
 from keybroker.core._tokens import check_token_format, hash_token, new_opaque
 from keybroker.crypto import SecretValue
 from keybroker.errors import InvalidInput, NotFound, PermissionDenied
@@ -39,6 +39,7 @@ from keybroker.store import tables
 __all__ = [
     "PROXY_TOKEN_PREFIX",
     "IssuedProxyToken",
+    "ProxyEnv",
     "ProxyGrant",
     "ProxyTokenService",
     "UsageDelta",
@@ -132,6 +133,19 @@ class IssuedProxyToken:
         if gateway_url:
             d["base_url"] = self.base_url(gateway_url)
         return d
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyEnv:
+    """What ``keybroker run`` gives a child instead of proxy-only values: per secret name a
+    proxy token, and the variables that point the providers' SDKs at the gateway."""
+
+    tokens: dict[str, SecretValue]
+    extra: dict[str, str]
+    session: SessionInfo
+
+    def __repr__(self) -> str:
+        return f"ProxyEnv(names={sorted(self.tokens)}, extra={sorted(self.extra)}, tokens=[secret])"
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +292,34 @@ class ProxyTokenService:
             used_requests=int(row.used_requests),
             used_tokens=int(row.used_tokens),
         )
+
+    def proxy_env(
+        self,
+        principal: Principal,
+        scope: Scope,
+        names: Iterable[str],
+        *,
+        gateway_url: str,
+        ttl_s: int = 900,
+        budget: Budget | None = None,
+    ) -> ProxyEnv:
+        """For ``keybroker run`` with proxy-only secrets: a use-only session over ``names`` (the
+        principal needs ``use`` on each) and a proxy token per secret, plus the SDK base-URL
+        variables of their providers (``OPENAI_BASE_URL=<gateway>/openai/v1``,
+        ``ANTHROPIC_BASE_URL=<gateway>/anthropic``) and ``KEYBROKER_GATEWAY_URL``. The child
+        never sees a real key. Raises what :meth:`SessionService.open_use_session` and
+        :meth:`issue` raise."""
+        names = list(dict.fromkeys(names))
+        info = self.sessions.open_use_session(principal, scope, names, ttl_s=ttl_s, budget=budget)
+        tokens: dict[str, SecretValue] = {}
+        extra: dict[str, str] = {"KEYBROKER_GATEWAY_URL": gateway_url.rstrip("/")}
+        for n in names:
+            issued = self.issue(principal, info.id, scope, n, ttl_s=ttl_s)
+            tokens[n] = issued.token
+            provider = PROVIDERS.get(issued.route)
+            if provider is not None and provider.env_base_url:
+                extra.setdefault(provider.env_base_url, issued.base_url(gateway_url))
+        return ProxyEnv(tokens, extra, info)
 
     def revoke(self, principal: Principal, token_id: str) -> None:
         """Revoke one proxy token (its session's principal, or whoever manages the session)."""
