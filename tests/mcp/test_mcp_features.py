@@ -104,6 +104,16 @@ def test_calls_are_rate_limited_per_agent(sqlite_world: World, portal: Any) -> N
         assert json.loads(all_text(r).split("\n", 1)[1])["error"]["details"]["retry_after"] > 0
 
 
+def test_malformed_calls_count_too(sqlite_world: World, portal: Any) -> None:
+    with portal.wrap_async_context_manager(
+        _session(sqlite_world, McpSettings(rate=0.01, burst=2))
+    ) as session:
+        c = Client(portal, session)
+        assert err(c.call("no_such_tool")) == "unknown_tool"
+        assert err(c.call("list_sessions", {"bogus": 1})) == "invalid_input"
+        assert err(c.call("list_sessions")) == "rate_limited"
+
+
 def test_access_requests_are_limited_and_pending_ones_capped(sqlite_world: World, portal: Any) -> None:
     s = McpSettings(request_rate_per_min=0.01, request_burst=2, elicitation=False)
     with portal.wrap_async_context_manager(_session(sqlite_world, s)) as session:

@@ -231,3 +231,33 @@ def test_mounted_in_keybroker_serve(store_url: str) -> None:
                 assert c.get(f"{srv.url}/v1/sys/health").status_code in (200, 503)
     finally:
         world.vault.store.dispose()
+
+
+def test_http_2026_era_client(http: Http) -> None:
+    """A client speaking the 2026-07-28 protocol (no handshake, stateless requests) is served and
+    audited the same way; it gets no elicitation (that era has no server-to-client requests)."""
+    from mcp import Client as McpClient
+
+    token = http.agent_token()
+
+    async def main() -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+        async with create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as hc:
+            async with McpClient(
+                streamable_http_client(http.mcp_url, http_client=hc),
+                mode="auto",
+                client_info=types.Implementation(name="modern-http", version="9"),
+            ) as client:
+                listed = await client.call_tool("list_secrets", {})
+                asked = await client.call_tool(
+                    "request_access",
+                    {"secrets": ["default/dev/OPENAI_API_KEY"], "justification": "x", "duration_s": 60},
+                )
+                assert listed.structured_content and asked.structured_content
+                return client.session.protocol_version, listed.structured_content, asked.structured_content
+
+    version, listed, asked = anyio.run(main)
+    assert version == "2026-07-28"
+    assert len(listed["secrets"]) == 4
+    assert asked["state"] == "pending" and asked["user_confirmation"] == "not_supported"
+    calls = list(http.world.vault.audit.iter_entries(action="mcp.call"))
+    assert [c.client for c in calls[-2:]] == ["mcp:http:modern-http/9"] * 2

@@ -289,12 +289,12 @@ class KeybrokerMCP:
         principal: AuthPrincipal | None = None
         try:
             principal = await self._principal(ctx, call)
+            # every call counts, the malformed ones too
+            self._calls.check(f"mcp:{principal_identity(principal) or principal.id}")
             spec = self._by_name.get(params.name)
             if spec is None:
                 raise UnknownTool(f"no such tool; this server offers {', '.join(self._by_name)}")
             args = spec.validate(params.arguments)
-            key = principal_identity(principal) or principal.id
-            self._calls.check(f"mcp:{key}")
             body, detail = await self._handlers[spec.name](ctx, principal, call, args)
             await self._audit(principal, call, "ok", detail)
             return _result(body)
