@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import keybroker
 from keybroker.core import PassphraseRoot, RawRoot, local_principal
@@ -195,8 +195,19 @@ class ProjectBody(_Body):
     name: str = Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})
     environments: list[
         Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": SCOPE_RX})]
-    ] = Field(default_factory=lambda: ["dev", "staging", "prod"], max_length=64)
+    ] = Field(
+        default_factory=lambda: ["dev", "staging", "prod"],
+        max_length=64,
+        json_schema_extra={"uniqueItems": True},
+    )
     description: str = Field("", max_length=10_000)
+
+    @field_validator("environments")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("environment names must be distinct")
+        return v
 
 
 class EnvironmentBody(_Body):
