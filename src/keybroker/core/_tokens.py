@@ -665,8 +665,12 @@ class TokenService:
         raise TokenNotFound("no such token")
 
     def lookup(self, principal: Principal, accessor: str) -> TokenInfo:
-        with self.store.connect() as conn:
-            return self._visible(conn, principal, accessor)[0]
+        try:
+            with self.store.connect() as conn:
+                return self._visible(conn, principal, accessor)[0]
+        except TokenNotFound:
+            self._audit_not_visible(principal, "token.lookup", accessor)
+            raise
 
     def list_tokens(
         self, principal: Principal, *, identity: str | None = None, include_revoked: bool = False
@@ -687,6 +691,12 @@ class TokenService:
     def revoke(self, principal: Principal, accessor: str | None = None) -> int:
         """Revoke a token (default: the caller's own) and every descendant. Returns how many."""
         g = _grant_of(principal)
+        try:
+            with self.store.connect() as conn:
+                self._visible(conn, principal, accessor or g.token_id)
+        except TokenNotFound:
+            self._audit_not_visible(principal, "token.revoke", accessor or g.token_id)
+            raise
         with self.store.begin() as conn:
             info, _ = self._visible(conn, principal, accessor or g.token_id)
             n = self._revoke_tree(conn, [info.accessor])
@@ -694,6 +704,16 @@ class TokenService:
                 conn, principal, "token.revoke", f"{info.org}/_tokens/{info.accessor}", detail={"revoked": n}
             )
         return n
+
+    def _audit_not_visible(self, principal: Principal, action: str, accessor: str) -> None:
+        """A refused (or absent) token lookup, recorded under the caller's own organization."""
+        org = principal.grant.org if isinstance(principal, AuthPrincipal) and principal.grant else "_auth"
+        try:
+            self.audit.record(
+                principal, action, f"{org}/_tokens/{accessor[:40]}", result="denied:token_not_found"
+            )
+        except KeybrokerError:
+            pass
 
     def _revoke_tree(self, conn: Connection, roots: list[str]) -> int:
         t = tables.tokens
