@@ -23,6 +23,7 @@ from keybroker.cli._opts import EnvOpt, OutputOpt, ProjectOpt
 from keybroker.cli._state import State, new_request_principal, output_of
 from keybroker.config import load_settings
 from keybroker.errors import KeybrokerError
+from keybroker.gateway import _cli as _gateway_cli
 from keybroker.mcp import _cli as _mcp_cli
 from keybroker.server import _cli as _server_cli
 
@@ -140,6 +141,7 @@ app.command("rekey")(_cmd_vault.rekey)
 _server_cli.register(app)
 _backends_cli.register(app)
 _mcp_cli.register(app)
+_gateway_cli.register(app)
 
 
 def main() -> None:
