@@ -208,12 +208,19 @@ async def run_clients(
         expected["value"] = f"v{r}-{uuid.uuid4().hex[:8]}"
         round_state.update(done=0, all=asyncio.Event())
         await asyncio.sleep(0.5)
+        cpu0 = time.process_time()
         await writer.set(NAME, expected["value"])
         await asyncio.wait_for(round_state["all"].wait(), 600)
         last = time.time() - round_state["ts"]
+        cpu = time.process_time() - cpu0
         all_held.append(last)
-        per_round.append({"round": r, "all_hold_ms": round(last * 1000, 2)})
-        print(f"  round {r}: all {n} clients hold the new value {last * 1000:.1f} ms after the commit")
+        per_round.append(
+            {"round": r, "all_hold_ms": round(last * 1000, 2), "client_cpu_ms": round(cpu * 1000, 1)}
+        )
+        print(
+            f"  round {r}: all {n} clients hold the new value {last * 1000:.1f} ms after the commit "
+            f"(client process CPU {cpu * 1000:.0f} ms)"
+        )
     for c in clients:
         await c.aclose()
     await writer.aclose()

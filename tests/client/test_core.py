@@ -373,3 +373,11 @@ def test_watch_state_resumes_with_last_event_id() -> None:
     st.connected()
     assert st.attempt == 0
     assert st.retryable(ServerUnavailable()) and not st.retryable(PermissionDenied())
+
+
+def test_unreachable_message_hides_credentials_in_the_address() -> None:
+    from keybroker.client._async import unreachable
+
+    err = unreachable("https://user:pa55@kb.example:8270", OSError("refused"))
+    assert "pa55" not in str(err) and "user" not in str(err) and "kb.example:8270" in str(err)
+    assert err.code == "server_unavailable" and err.status == 503

@@ -184,6 +184,14 @@ def test_other_writer_reaches_subscribers(secrets: SecretService, me: Any, store
         assert writer.stats["remote"] == 0 and len(got) == 1
         if pg:
             assert reader.stats["remote"] == 1
+        # a bus closed and started again (an app restarted) still tells the other replica
+        writer.close()
+        writer.start()
+        if pg:
+            assert writer.listening.wait(5)
+        secrets.put(me, Scope("app", "dev"), "K", VALUE)
+        _wait(lambda: len(got) == 2)
+        assert got[1].version == 2
     finally:
         writer.close()
         reader.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,7 +36,8 @@ T = TypeVar("T")
 
 
 def unreachable(addr: str, exc: Exception) -> ServerUnavailable:
-    err = ServerUnavailable(f"could not reach the keybroker server at {addr} ({type(exc).__name__})")
+    shown = re.sub(r"//[^/@]*@", "//", addr)  # never user:password from an address
+    err = ServerUnavailable(f"could not reach the keybroker server at {shown} ({type(exc).__name__})")
     err.__cause__ = exc
     return err
 
@@ -299,7 +301,8 @@ class AsyncClient:
 
     # -------------------------------------------------------------- change stream
     def on_change(self, fn: Callable[[Event], None]) -> None:
-        """Call ``fn(event)`` after each change event has invalidated the cache."""
+        """Call ``fn(event)`` after each change event has invalidated the cache (on the thread or
+        task that follows the stream: keep it quick; exceptions are logged and ignored)."""
         self._core.listeners.append(fn)
 
     def watch(

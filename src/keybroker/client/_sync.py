@@ -285,7 +285,8 @@ class Client:
 
     # -------------------------------------------------------------- change stream
     def on_change(self, fn: Callable[[Event], None]) -> None:
-        """Call ``fn(event)`` after each change event has invalidated the cache."""
+        """Call ``fn(event)`` after each change event has invalidated the cache (on the thread or
+        task that follows the stream: keep it quick; exceptions are logged and ignored)."""
         self._core.listeners.append(fn)
 
     def watch(

@@ -293,6 +293,7 @@ class EventBus:
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._high = 0
+        self._floor = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._outbox: queue.Queue[Event | None] = queue.Queue()
@@ -318,7 +319,9 @@ class EventBus:
             return
         self._started = True
         self._stop.clear()
+        self._outbox = queue.Queue()  # a stop marker left by an earlier close() must not linger
         self._high = max(self._high, self.last_id())
+        self._floor = self._high  # events up to here predate this bus: never delivered as news
         if self.pg:
             self.channel = self._channel_name()
             self._spawn(self._listen_loop, "kb-events-listen")
@@ -449,7 +452,7 @@ class EventBus:
         """Deliver stored events this bus has not delivered (other writers); returns how many."""
         ev = tables.events
         with self._lock:
-            after = max(0, self._high - _LOOKBACK)
+            after = max(self._floor, self._high - _LOOKBACK)
         n = 0
         while True:
             with self.store.connect() as conn:
@@ -503,8 +506,10 @@ class EventBus:
                     conn.execute(f"LISTEN {self.channel}")
                     if not first:
                         self.stats["reconnects"] += 1
-                        self._catch_up()
                     first = False
+                    # what was committed while not listening (before the first LISTEN, or
+                    # during a reconnect) comes from the table; duplicates are dropped by id
+                    self._catch_up()
                     self.listening.set()
                     backoff = 0.05
                     while not self._stop.is_set():
