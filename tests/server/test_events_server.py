@@ -406,3 +406,28 @@ def test_two_replicas_on_postgresql(two_replicas: tuple[Server, Server, str]) ->
     finally:
         writer.close()
         reader.close()
+
+
+def test_sqlite_writes_by_another_process_reach_the_stream(
+    make_live: Callable[..., Live], store_url: str
+) -> None:
+    """On SQLite the server polls kb_events (events_poll_s), so a write made beside it on the same
+    file (the CLI, another process) reaches its subscribers."""
+    if not store_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL replicas use LISTEN/NOTIFY (tested above)")
+    from keybroker.core import Scope, SecretService
+
+    live = make_live(events_poll_s=0.05)
+    other = Vault(Store(store_url))
+    other.unseal(RawRoot(ROOT_KEY), local_principal("cli"))
+    cli = SecretService(other)
+
+    def write_beside() -> None:
+        cli.put(local_principal("cli"), Scope("default", "dev"), "FROM_CLI", VALUE)
+
+    try:
+        status, evs, raw = asyncio.run(collect(live.url, live.root, n=1, timeout=5, writes=write_beside))
+        assert status == 200 and VALUE not in raw
+        assert [(e["event"], e["data"]["name"]) for e in evs] == [("created", "FROM_CLI")]
+    finally:
+        other.store.dispose()
