@@ -69,7 +69,7 @@ def health_body(kb: Services) -> tuple[int, dict[str, Any]]:
         "performance_standby": False,
         "replication_performance_mode": "disabled",
         "replication_dr_mode": "disabled",
-        "server_time_utc": int(datetime.now(UTC).timestamp()),
+        "server_time_utc": int(kb.vault.clock.now().timestamp()),
         "version": keybroker.__version__,
         "cluster_name": "keybroker",
         "store": kb.vault.store.dialect if store_ok else "unavailable",
