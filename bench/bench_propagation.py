@@ -321,18 +321,20 @@ def main() -> None:
                 c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
             eng.dispose()
     target_ms = 100.0
-    p99 = res["held"]["p99_ms"]
+    measure = "invalidated" if args.no_refetch else "held"
+    p99 = res[measure]["p99_ms"]
     res.update(
         command=cmd,
         machine=m,
         store=store_desc,
         target_p99_ms=target_ms,
+        target_measure=measure,
         target_met=p99 < target_ms,
         ratio_p99_to_target=round(p99 / target_ms, 3),
         peer_ttl_polling={
             "ttl_300s": {"expected_staleness_ms": 150_000, "worst_ms": 300_000},
             "ttl_5s": {"expected_staleness_ms": 2_500, "worst_ms": 5_000},
-            "ratio_ttl_300s_expected_to_held_p50": round(150_000 / max(res["held"]["p50_ms"], 1e-3), 1),
+            "ratio_ttl_300s_expected_to_p50": round(150_000 / max(res[measure]["p50_ms"], 1e-3), 1),
         },
     )
     inv, held, allh = res["invalidated"], res["held"], res["all_held"]
@@ -350,10 +352,11 @@ def main() -> None:
         f"| all {res['clients']} clients hold it (per round) "
         f"| {allh['p50_ms']} | {allh['p99_ms']} | {allh['max_ms']} |",
         "",
-        f"Target p99 < {target_ms:.0f} ms: {'met' if res['target_met'] else 'NOT met'} "
+        f"Target p99 < {target_ms:.0f} ms ({measure}): {'met' if res['target_met'] else 'NOT met'} "
         f"(p99/target = {res['ratio_p99_to_target']}).",
         f"Peer (TTL polling, no change stream): expected staleness 150,000 ms at TTL 300 s, 2,500 ms at 5 s; "
-        f"ratio to the held p50 at 300 s: {res['peer_ttl_polling']['ratio_ttl_300s_expected_to_held_p50']}x.",
+        f"ratio to this run's p50 ({measure}) at 300 s: "
+        f"{res['peer_ttl_polling']['ratio_ttl_300s_expected_to_p50']}x.",
         f"All {res['clients']} streams connected in {res['connect_all_s']} s.",
     ]
     print("\n".join(lines))
