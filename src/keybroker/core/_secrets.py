@@ -305,6 +305,8 @@ class SecretService:
             sa.select(s).where(s.c.environment_id == env_id, s.c.name == name).with_for_update()
         ).first()
         if row is None:
+            if label == "pending":
+                raise SecretNotFound(f"no secret {name!r} in {scope.path()} to rotate: set it first")
             if cas not in (None, 0):
                 raise CasMismatch(
                     f"check-and-set failed: {name!r} does not exist (expected version {cas})",
