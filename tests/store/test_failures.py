@@ -58,8 +58,10 @@ def test_database_locked(sqlite_vault: tuple[str, Vault], fast_passphrase: Passp
             assert "\n" not in info.value.message
             with pytest.raises(StoreLocked):
                 secrets.put(ME, S, "NEW", "new")
-            with pytest.raises(StoreLocked):  # a read needs its audit record, which needs the lock
+            # a read needs its audit record, which needs the lock: fail closed, no value
+            with pytest.raises(AuditUnavailable) as read_info:
                 secrets.get(ME, S, "KEY")
+            assert isinstance(read_info.value.__cause__, StoreLocked)
             # metadata reads take no write lock (WAL readers never wait)
             assert secrets.vault.audit.verify().ok
         finally:

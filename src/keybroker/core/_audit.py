@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -75,10 +76,26 @@ def _ts(dt: datetime) -> str:
     return dt.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+AuditRecordSpec = tuple[Principal, str, str, str, "int | None", "dict[str, Any] | None", "str | None"]
+
+
+class _Waiter:
+    __slots__ = ("done", "entries", "error", "seqs")
+
+    def __init__(self, entries: list[AuditRecordSpec]) -> None:
+        self.entries = entries
+        self.done = False
+        self.error: BaseException | None = None
+        self.seqs: list[int] = []
+
+
 class AuditLog:
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
         self.clock = clock
+        self._gc = threading.Condition()
+        self._gc_queue: list[_Waiter] = []
+        self._gc_leader = False
 
     # -- writing -------------------------------------------------------------------------------
     def append(
@@ -139,6 +156,52 @@ class AuditLog:
         conn.execute(sa.insert(tables.audit_log), rows)
         conn.execute(sa.update(t).where(t.c.id == 1).values(seq=prev_seq, hash=prev_hash))
         return [int(r["seq"]) for r in rows]
+
+    def commit_durable(self, entries: Sequence[AuditRecordSpec]) -> list[int]:
+        """Make ``entries`` durable before returning (group commit).
+
+        Callers that must not act before their record is on disk (a read returns no value until
+        then) queue here; one of them, the leader, commits everything queued in ONE transaction
+        (one fsync for many reads), then wakes the others. A failed commit fails every caller in
+        that batch with the store's error, so nobody gets a value its record did not cover.
+        """
+        if not entries:
+            return []
+        waiter = _Waiter(list(entries))
+        with self._gc:
+            self._gc_queue.append(waiter)
+            while not waiter.done:
+                if self._gc_leader:
+                    self._gc.wait()
+                    continue
+                self._gc_leader = True
+                batch, self._gc_queue = self._gc_queue, []
+                self._gc.release()
+                try:
+                    self._commit_batch(batch)
+                finally:
+                    self._gc.acquire()
+                    self._gc_leader = False
+                    self._gc.notify_all()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.seqs
+
+    def _commit_batch(self, batch: list[_Waiter]) -> None:
+        flat = [e for w in batch for e in w.entries]
+        try:
+            with self.store.begin() as conn:
+                seqs = self.append_many(conn, flat)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
+            for w in batch:
+                w.error = exc
+                w.done = True
+            return
+        i = 0
+        for w in batch:
+            w.seqs = seqs[i : i + len(w.entries)]
+            i += len(w.entries)
+            w.done = True
 
     def record(self, principal: Principal, action: str, target: str, **kw: Any) -> int:
         """Append in a transaction of its own (for denials, failures, seal/unseal)."""

@@ -658,26 +658,23 @@ class SecretService:
         audits: list[tuple[str, str, int, str]] = []
         stack: list[tuple[Scope, str]] = []
         try:
-            with self.store.begin() as conn:
+            # Read without the write lock; then make the audit records durable (group commit
+            # with concurrent readers) BEFORE the value leaves: fail closed.
+            with self.store.connect() as conn:
                 meta, ver, raw = self._read_one(conn, kr, scope, name, version, label, permission)
                 audits.append((action, scope.path(name), ver, kr.audit_hmac(raw)))
                 refs: list[str] = []
                 if resolve and b"${" in raw:
                     stack.append((scope, name))
                     raw = self._resolve(conn, principal, kr, scope, raw, stack, audits, refs, permission)
-                try:
-                    for act, target, v, h in audits:
-                        self.audit.append(conn, principal, act, target, version=v, value_hmac=h)
-                except StoreError as exc:
-                    raise AuditUnavailable(
-                        "the audit record could not be written, so no value is returned"
-                    ) from exc
-        except StoreError as exc:
-            if audits:
+            try:
+                self.audit.commit_durable(
+                    [(principal, act, target, "ok", v, None, h) for act, target, v, h in audits]
+                )
+            except StoreError as exc:
                 raise AuditUnavailable(
                     "the audit record could not be made durable, so no value is returned"
                 ) from exc
-            raise
         except KeybrokerError as exc:
             if not isinstance(exc, AuditUnavailable):
                 try:
