@@ -6,17 +6,9 @@ and registers its code, so ``from_code("server_unavailable")`` rebuilds it).
 
 from __future__ import annotations
 
-from keybroker.errors import KeybrokerError
+from keybroker.errors import ServerUnavailable
 
 __all__ = ["ServerUnavailable", "StaleValueWarning"]
-
-
-class ServerUnavailable(KeybrokerError):
-    """The keybroker server could not be reached (connection refused, timeout, TLS failure), or
-    it was unreachable and no last known value young enough to serve was cached."""
-
-    code = "server_unavailable"
-    status = 503
 
 
 class StaleValueWarning(UserWarning):

@@ -1,7 +1,7 @@
 """Errors of agent access: tools, access requests, sessions, proxy tokens and the gateway.
 
-They extend the tree in :mod:`keybroker.errors` (and belong there; they live here until that file
-gains them, as :mod:`keybroker.core._tokens` does with ``RateLimited``)::
+They live in :mod:`keybroker.errors` (the one tree); this module re-exports them for the
+agent-access code::
 
     AuthenticationError           401
     ├── ProxyTokenInvalid         401 proxy_token_invalid   (malformed, bad checksum, unknown)
@@ -27,7 +27,24 @@ gains them, as :mod:`keybroker.core._tokens` does with ``RateLimited``)::
 
 from __future__ import annotations
 
-from keybroker.errors import AuthenticationError, Conflict, KeybrokerError, NotFound, PermissionDenied
+from keybroker.errors import (
+    AccessRequestNotFound,
+    AgentCannotApprove,
+    BudgetExhausted,
+    NotAllowedForTool,
+    ProxyOnly,
+    ProxyTokenExpired,
+    ProxyTokenInvalid,
+    ProxyTokenRevoked,
+    RequestNotPending,
+    SelfApproval,
+    SessionEnded,
+    SessionNotFound,
+    ToolNotFound,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    WrongUpstream,
+)
 
 __all__ = [
     "AccessRequestNotFound",
@@ -47,73 +64,3 @@ __all__ = [
     "UpstreamUnavailable",
     "WrongUpstream",
 ]
-
-
-class ProxyTokenInvalid(AuthenticationError):
-    code = "proxy_token_invalid"
-
-
-class ProxyTokenExpired(AuthenticationError):
-    code = "proxy_token_expired"
-
-
-class ProxyTokenRevoked(AuthenticationError):
-    code = "proxy_token_revoked"
-
-
-class WrongUpstream(PermissionDenied):
-    code = "wrong_upstream"
-
-
-class NotAllowedForTool(PermissionDenied):
-    code = "not_allowed_for_tool"
-
-
-class SelfApproval(PermissionDenied):
-    code = "self_approval"
-
-
-class AgentCannotApprove(PermissionDenied):
-    code = "agent_cannot_approve"
-
-
-class ProxyOnly(PermissionDenied):
-    code = "proxy_only"
-
-
-class ToolNotFound(NotFound):
-    code = "tool_not_found"
-
-
-class AccessRequestNotFound(NotFound):
-    code = "access_request_not_found"
-
-
-class SessionNotFound(NotFound):
-    code = "session_not_found"
-
-
-class RequestNotPending(Conflict):
-    code = "request_not_pending"
-
-
-class SessionEnded(Conflict):
-    code = "session_ended"
-
-
-class BudgetExhausted(KeybrokerError):
-    """A proxy token's budget is spent; ``details.budget`` names which (requests, rpm, tokens) and
-    ``details.retry_after`` (seconds) is set when waiting helps (the per-minute budget)."""
-
-    code = "budget_exhausted"
-    status = 429
-
-
-class UpstreamUnavailable(KeybrokerError):
-    code = "upstream_unavailable"
-    status = 502
-
-
-class UpstreamTimeout(KeybrokerError):
-    code = "upstream_timeout"
-    status = 504

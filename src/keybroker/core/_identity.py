@@ -53,6 +53,7 @@ from keybroker.crypto import SecretValue
 from keybroker.errors import (
     AlreadyExists,
     AuthenticationError,
+    IdentityNotFound,
     InvalidInput,
     InvalidName,
     KeybrokerError,
@@ -75,10 +76,6 @@ __all__ = [
 IDENTITY_KINDS = ("user", "service", "agent")
 _IDENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 CHALLENGE_TTL_S = 60
-
-
-class IdentityNotFound(NotFound):
-    code = "identity_not_found"
 
 
 def check_identity_name(name: str) -> str:

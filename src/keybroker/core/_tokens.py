@@ -39,8 +39,12 @@ from keybroker.errors import (
     AuthenticationError,
     InvalidInput,
     KeybrokerError,
+    LoginLockedOut,
     NotFound,
     PermissionDenied,
+    RateLimited,
+    TokenNotFound,
+    TokenWidening,
 )
 from keybroker.store import tables
 
@@ -70,30 +74,6 @@ _B62_SET = frozenset(_B62)
 _BODY_LEN = 43  # 62**43 > 2**256
 _CRC_LEN = 6  # 62**6 > 2**32
 DEFAULT_CHILD_TTL = 24 * 3600
-
-
-# -- errors (these belong in keybroker.errors; kept here until that file gains them) -----------
-class RateLimited(KeybrokerError):
-    """Too many requests from one token or address; ``details.retry_after`` says when to retry."""
-
-    code = "rate_limited"
-    status = 429
-
-
-class LoginLockedOut(RateLimited):
-    """Too many failed logins: the client id or address is locked out for a while (back-off)."""
-
-    code = "login_locked_out"
-
-
-class TokenWidening(PermissionDenied):
-    """A child token asked for more than its parent has (scope, lifetime, uses or addresses)."""
-
-    code = "token_widening"
-
-
-class TokenNotFound(NotFound):
-    code = "token_not_found"
 
 
 # -- format --------------------------------------------------------------------------------------
