@@ -19,8 +19,26 @@ How routers are mounted (for whoever adds one, e.g. ``/v1/events``):
   status (routes named ``vault_*`` get Vault's ``{"errors": [...]}`` instead).
 """
 
-from keybroker.server._app import create_app
-from keybroker.server._settings import ServerSettings
-from keybroker.server._state import Services
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from keybroker.server._app import create_app
+    from keybroker.server._settings import ServerSettings
+    from keybroker.server._state import Services
 
 __all__ = ["ServerSettings", "Services", "create_app"]
+
+_LAZY = {
+    "create_app": "keybroker.server._app",
+    "ServerSettings": "keybroker.server._settings",
+    "Services": "keybroker.server._state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # lazy, so `keybroker --help` and other CLI commands do not import FastAPI
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'keybroker.server' has no attribute {name!r}")
