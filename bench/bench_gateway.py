@@ -14,7 +14,10 @@ audit on) and this load generator (httpx). Measured, direct vs through the gatew
 
 With --litellm-results (the results directory litellm_anchor.sh leaves, default its usual place
 when it exists) the table gains LiteLLM's added latency from that run and keybroker's ratio to it.
-Writes bench/results/gateway-<UTC stamp>.json and .md (with this command and the machine).
+Writes bench/results/gateway-<UTC stamp>.json and .md (with this command and the machine), and
+the gateway process's CPU time per proxied request for each phase (load-independent-ish: the
+latency figures move with whatever else the machine runs). KEYBROKER_GATEWAY_* settings apply to
+the gateway process; KB_BENCH_GATEWAY_PREFIX (e.g. a profiler command) is put in front of it.
 """
 
 from __future__ import annotations
@@ -77,12 +80,14 @@ def serve_gateway(port: int, db: str, keyfile: str) -> None:
     from keybroker.core._proxy_tokens import ProxyTokenService
     from keybroker.core._sessions import SessionService
     from keybroker.gateway import Gateway
+    from keybroker.gateway._settings import GatewaySettings
     from keybroker.store import Store
 
     vault = Vault(Store(db), SystemClock())
     vault.unseal(KeyFileRoot(Path(keyfile)), Principal(id="bench", kind="service", local=True))
     secrets = SecretService(vault)
-    gw = Gateway(ProxyTokenService(SessionService(secrets)))
+    # the settings `keybroker gateway` runs with (KEYBROKER_GATEWAY_* in the environment apply)
+    gw = Gateway(ProxyTokenService(SessionService(secrets)), config=GatewaySettings().config())
     uvicorn.run(
         gw,
         host="127.0.0.1",
@@ -91,6 +96,7 @@ def serve_gateway(port: int, db: str, keyfile: str) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
+        proxy_headers=False,
         ws="none",
         lifespan="on",
     )
@@ -453,7 +459,10 @@ def main() -> None:
             procs.append(
                 subprocess.Popen(
                     [
-                        *(os.environ.get("KB_GW_PREFIX", "").split() or [sys.executable, __file__]),
+                        *(
+                            os.environ.get("KB_BENCH_GATEWAY_PREFIX", "").split()
+                            or [sys.executable, __file__]
+                        ),
                         "--chunks",
                         str(args.chunks),
                         "--serve",
@@ -476,25 +485,39 @@ def main() -> None:
                 "env": env,
                 "command": command,
             }
-            cpu0 = cpu_s(gw_pid)
+            results["gateway_cpu_ms_per_request_by_phase"] = by_phase = {}
+
+            def measured(phase: str, count: Any, fn: Any) -> Any:
+                c0 = cpu_s(gw_pid)
+                out = fn()
+                n = count(out) if callable(count) else count
+                by_phase[phase] = 1000 * (cpu_s(gw_pid) - c0) / max(1, n)
+                return out
+
             for name, url, key in (("direct", direct, UPSTREAM_KEY), ("gateway", via, proxy_key)):
                 print(f"(a) sequential, {name}", flush=True)
-                results[f"seq_{name}"] = run_seq(url, key, args.seq_n, args.warmup)
+                results[f"seq_{name}"] = measured(
+                    f"seq_{name}",
+                    args.seq_n + args.warmup,
+                    lambda u=url, k=key: run_seq(u, k, args.seq_n, args.warmup),
+                )
             for name, url, key in (("direct", direct, UPSTREAM_KEY), ("gateway", via, proxy_key)):
                 print(f"(b) {args.conc} concurrent, {name}", flush=True)
-                results[f"conc_{name}"] = asyncio.run(run_conc(url, key, args.conc, args.conc_seconds))
+                results[f"conc_{name}"] = measured(
+                    f"conc_{name}",
+                    lambda o: o["ok"] + o["errors"] + args.conc,
+                    lambda u=url, k=key: asyncio.run(run_conc(u, k, args.conc, args.conc_seconds)),
+                )
             for name, url, key in (("direct", direct, UPSTREAM_KEY), ("gateway", via, proxy_key)):
                 print(f"(c) streaming, {name}", flush=True)
-                results[f"stream_{name}"] = run_stream(url, key, args.stream_n, args.warmup // 2, args.chunks)
-            n_gw = (
-                args.seq_n
-                + args.warmup
-                + results["conc_gateway"]["ok"]
-                + results["conc_gateway"]["errors"]
-                + args.stream_n
-                + args.warmup // 2
+                results[f"stream_{name}"] = measured(
+                    f"stream_{name}",
+                    args.stream_n + args.warmup // 2,
+                    lambda u=url, k=key: run_stream(u, k, args.stream_n, args.warmup // 2, args.chunks),
+                )
+            results["gateway_cpu_ms_per_request"] = (
+                sum(by_phase[k] for k in ("seq_gateway", "conc_gateway", "stream_gateway")) / 3
             )
-            results["gateway_cpu_ms_per_request"] = 1000 * (cpu_s(gw_pid) - cpu0) / max(1, n_gw)
         finally:
             for p in reversed(procs):
                 p.terminate()
@@ -513,7 +536,12 @@ def main() -> None:
         f"- date (UTC): {env['date']}; machine: {env['cpu']}, {env['nproc']} vCPU, kernel {env['kernel']}",
         f"- python {env['python']}; {env['versions']}; "
         f"sum(range(1000)) = {env['calib_sum_range_1000_us']:.1f} us",
-        f"- gateway CPU: {results['gateway_cpu_ms_per_request']:.3f} ms per request (one process, uvloop)",
+        "- gateway process CPU per proxied request (one process, uvloop): "
+        + ", ".join(
+            f"{k.split('_')[0]} {v:.3f} ms"
+            for k, v in results["gateway_cpu_ms_per_request_by_phase"].items()
+            if k.endswith("gateway")
+        ),
         f"- audit records written (one per proxied request, hash-chained): {results['audit_records']}",
         "- LiteLLM columns: "
         + (

@@ -220,3 +220,27 @@ def test_audit_fails_closed(
     assert gw.recorder.flush(5)
     r = httpx.post(f"{url}/openai/v1/chat/completions", json={"model": "x"}, headers={"x-api-key": token})
     assert r.status_code == 200 and len(up.seen) == 2
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean-pool", "httpx-client"])
+def test_both_upstream_clients(access: Access, lean: bool) -> None:
+    """The lean pool (default) and the stock httpx client behave the same."""
+    up = FakeUpstream(keys={REAL_KEY})
+    with ServerThread(up) as up_srv:
+        put_key(access, **{"gateway.base_url": up_srv.url})
+        session = access.sessions.open_use_session(ALICE, Scope(), ["OPENAI_API_KEY"])
+        token = access.tokens.issue(ALICE, session.id, Scope(), "OPENAI_API_KEY").token.reveal()
+        gw = Gateway(access.tokens, config=GatewayConfig(lean_transport=lean, audit_flush_interval=0.01))
+        with ServerThread(gw, lifespan="on") as srv, httpx.Client(base_url=srv.url) as c:
+            h = {"authorization": f"Bearer {token}"}
+            for _ in range(3):  # kept-alive connections are reused
+                r = c.post("/openai/v1/chat/completions", json={"model": "echo-key"}, headers=h)
+                assert r.status_code == 200 and MASK.decode() in r.text and REAL_KEY not in r.text
+            assert c.head("/openai/v1/models", headers=h).status_code == 404  # a HEAD has no body
+            with c.stream(
+                "POST", "/openai/v1/chat/completions", json={"model": "echo-key", "stream": True}, headers=h
+            ) as s:
+                body = b"".join(s.iter_raw())
+            assert body.count(b"data: ") == 7 and REAL_KEY.encode() not in body and MASK in body
+            assert c.get("/openai/v1/models", headers=h).json()["data"][0]["id"] == "gpt-test"
+        assert {s.key for s in up.seen} == {REAL_KEY}

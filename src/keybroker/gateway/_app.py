@@ -35,10 +35,11 @@ import hashlib
 import json
 import logging
 import time
+import zlib
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
@@ -58,6 +59,7 @@ from keybroker.core._sessions import Revocation, SessionAuthorizer
 from keybroker.errors import AuditUnavailable, KeybrokerError, PermissionDenied
 from keybroker.gateway._errors import error_response, sse_error_event
 from keybroker.gateway._masking import LineMasker, mask_bytes, mask_headers
+from keybroker.gateway._transport import LeanPool
 from keybroker.gateway._usage import UsageScanner, UseRecord, UseRecorder
 
 __all__ = ["Gateway", "GatewayConfig"]
@@ -129,6 +131,8 @@ class GatewayConfig:
     key_cooldown_s: float = 30.0
     audit_flush_interval: float = 0.05
     audit_max_backlog: int = 10_000
+    #: the lean HTTP/1.1 transport (httptools) instead of httpx's default (httpcore, h11)
+    lean_transport: bool = True
 
 
 @dataclass(slots=True)
@@ -202,9 +206,12 @@ class Gateway:
         )
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._pool: LeanPool | None = None
+        self._threads: anyio.CapacityLimiter | None = None
         self._grants: dict[str, _CachedGrant] = {}
         self._keysets: dict[str, _KeySet] = {}
         self._fetching: dict[str, asyncio.Future[_KeySet]] = {}
+        self._verifying: dict[str, asyncio.Future[ProxyGrant]] = {}
         self._meters: dict[str, _Meter] = {}
         self._revoked_sessions: OrderedDict[str, None] = OrderedDict()
         self._revoked_tokens: OrderedDict[str, None] = OrderedDict()
@@ -213,6 +220,28 @@ class Gateway:
         _install_log_redaction()
 
     # ------------------------------------------------------------------ lifecycle
+    def _limiter(self) -> anyio.CapacityLimiter:
+        """The gateway's own worker threads for store reads (token checks, key fetches), so the
+        server's thread policy for its routes never stalls the proxy."""
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(16)
+        return self._threads
+
+    def _lean(self) -> LeanPool | None:
+        """The shared lean pool, or None when the stock httpx client is in use."""
+        c = self.config
+        if self._transport is not None or not c.lean_transport:
+            return None
+        if self._pool is None:
+            self._pool = LeanPool(
+                connect_timeout=c.connect_timeout,
+                read_timeout=c.read_timeout,
+                pool_timeout=c.pool_timeout,
+                max_connections=c.max_connections,
+                max_idle_per_origin=c.max_keepalive_connections,
+            )
+        return self._pool
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             c = self.config
@@ -233,6 +262,9 @@ class Gateway:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         await anyio.to_thread.run_sync(self.recorder.close)
 
     # ------------------------------------------------------------------ invalidation
@@ -363,10 +395,26 @@ class Gateway:
         if cached is not None and mono - cached.checked < self.config.recheck_s:
             g = cached.grant
         else:
-            g = await anyio.to_thread.run_sync(self.tokens.verify, token)
-            self._grants[h] = _CachedGrant(g, mono)
-            if len(self._grants) > 100_000:
-                self._grants.pop(next(iter(self._grants)))
+            # one store check per token at a time, however many requests arrive meanwhile
+            pending = self._verifying.get(h)
+            if pending is not None:
+                g = await asyncio.shield(pending)
+            else:
+                fut: asyncio.Future[ProxyGrant] = asyncio.get_running_loop().create_future()
+                self._verifying[h] = fut
+                try:
+                    g = await anyio.to_thread.run_sync(self.tokens.verify, token, limiter=self._limiter())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: waiters re-raise it
+                    raise
+                else:
+                    fut.set_result(g)
+                finally:
+                    self._verifying.pop(h, None)
+                self._grants[h] = _CachedGrant(g, mono)
+                if len(self._grants) > 100_000:
+                    self._grants.pop(next(iter(self._grants)))
         if g.session_id in self._revoked_sessions or g.token_id in self._revoked_tokens:
             self._grants.pop(h, None)
             raise ProxyTokenRevoked("the proxy token was revoked or its session has ended")
@@ -382,7 +430,7 @@ class Gateway:
             self._fetching[grant.token_id] = fut
             try:
                 try:
-                    ks = await anyio.to_thread.run_sync(self._fetch, grant, ks)
+                    ks = await anyio.to_thread.run_sync(self._fetch, grant, ks, limiter=self._limiter())
                 except PermissionDenied as exc:
                     # the session no longer covers this secret (ended elsewhere): the token is dead
                     self._revoked_tokens[grant.token_id] = None
@@ -452,7 +500,9 @@ class Gateway:
         in_query: bool,
         body: bytes,
         raw_path: bytes,
-    ) -> httpx.Request:
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """(request target, headers) for the upstream: the client's headers less hop-by-hop ones
+        and every credential, plus the real key where the upstream expects it."""
         out: list[tuple[bytes, bytes]] = []
         for k, v in headers:
             if k in _HOP or k in _AUTH_HEADERS or k.startswith(b"x-keybroker-"):
@@ -474,8 +524,19 @@ class Gateway:
         target = up.path_prefix.encode() + raw_path
         if query:
             target += b"?" + query
+        return target, out
+
+    async def _send(
+        self, ctx: _Ctx, up: Upstream, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> _UpResponse:
+        pool = self._lean()
+        if pool is not None:
+            return await pool.request(ctx.method.encode(), up.scheme, up.host, up.port, target, headers, body)
         url = httpx.URL(scheme=up.scheme, host=up.host, port=up.port, raw_path=target)
-        return httpx.Request(ctx.method, url, headers=out, content=body)
+        resp = await self._http().send(
+            httpx.Request(ctx.method, url, headers=headers, content=body), stream=True
+        )
+        return _HttpxUp(resp)
 
     async def _exchange(
         self,
@@ -535,27 +596,26 @@ class Gateway:
         raw_path: bytes,
         streaming_request: bool,
     ) -> None:
-        client = self._http()
         order = ks.order(time.monotonic())
-        resp: httpx.Response | None = None
+        resp: _UpResponse | None = None
         for n, idx in enumerate(order):
-            req = self._build(ctx, up, ks.keys[idx], headers, query, in_query, body, raw_path)
+            target, out = self._build(ctx, up, ks.keys[idx], headers, query, in_query, body, raw_path)
             ctx.key_index = idx
             try:
                 if streaming_request and self.config.keepalive_interval and n == 0:
-                    resp = await self._send_early(send, ctx, client, req)
+                    resp = await self._send_early(send, ctx, self._send(ctx, up, target, out, body))
                     if resp is None:
                         return
                 else:
-                    resp = await client.send(req, stream=True)
+                    resp = await self._send(ctx, up, target, out, body)
             except httpx.TimeoutException as exc:
                 raise _Refusal(504, "upstream_timeout", f"{up.netloc} did not answer in time") from exc
             except httpx.HTTPError as exc:
                 raise _Refusal(502, "upstream_unavailable", f"{up.netloc} could not be reached") from exc
             if resp.status_code in _FAILOVER_STATUSES and n + 1 < len(order) and not ctx.headers_sent:
                 rest = self.config.key_cooldown_s
-                ra = resp.headers.get("retry-after")
-                if resp.status_code == 429 and ra and ra.isdigit():
+                ra = dict(resp.raw_headers).get(b"retry-after", b"")
+                if resp.status_code == 429 and ra.isdigit():
                     rest = min(float(ra), 3600.0)
                 ks.resting[idx] = time.monotonic() + rest
                 ctx.failovers += 1
@@ -574,13 +634,11 @@ class Gateway:
         finally:
             await resp.aclose()
 
-    async def _send_early(
-        self, send: Send, ctx: _Ctx, client: httpx.AsyncClient, req: httpx.Request
-    ) -> httpx.Response | None:
+    async def _send_early(self, send: Send, ctx: _Ctx, sending: Awaitable[_UpResponse]) -> _UpResponse | None:
         """Send a streaming request; if the upstream is slow to answer, start the event stream
         ourselves and keep it alive with comments until the first byte arrives."""
         assert self.config.keepalive_interval is not None
-        task = asyncio.ensure_future(client.send(req, stream=True))
+        task = asyncio.ensure_future(sending)
         try:
             done, _ = await asyncio.wait({task}, timeout=self.config.keepalive_interval)
             while not done:
@@ -617,14 +675,22 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _relay(self, send: Send, ctx: _Ctx, ks: _KeySet, resp: httpx.Response) -> None:
+    async def _relay(self, send: Send, ctx: _Ctx, ks: _KeySet, resp: _UpResponse) -> None:
         forms = ks.forms
         status = resp.status_code
         ctx.upstream_status = status
-        raw_headers = [(k.lower(), v) for k, v in resp.headers.raw if k.lower() not in _RESP_DROP]
-        out_headers = mask_headers(raw_headers, forms)
-        ctype = resp.headers.get("content-type", "").encode().lower()
-        is_sse = ctype.startswith(_SSE)
+        hmap = dict(resp.raw_headers)
+        encoding = hmap.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"identity", b""):
+            # we asked for identity; a body we cannot read is a body we cannot redact
+            if encoding not in (b"gzip", b"deflate", b"x-gzip") or ctx.headers_sent:
+                raise _Refusal(
+                    502, "upstream_encoding", "the upstream answered in an encoding keybroker cannot inspect"
+                )
+            resp = _Decoded(resp, encoding)
+            hmap.pop(b"content-length", None)
+        out_headers = mask_headers([(k, v) for k, v in resp.raw_headers if k not in _RESP_DROP], forms)
+        is_sse = hmap.get(b"content-type", b"").lower().startswith(_SSE)
         scanner = UsageScanner()
         if ctx.headers_sent:
             # we already answered 200 + event stream (slow first token); carry on inside it
@@ -632,7 +698,7 @@ class Gateway:
             return
         ctx.status = status
         no_body = ctx.method == "HEAD" or status in (204, 304) or 100 <= status < 200
-        length = resp.headers.get("content-length")
+        length = hmap.get(b"content-length")
         if no_body or (
             not is_sse
             and length is not None
@@ -667,46 +733,52 @@ class Gateway:
         self._count_tokens(ctx, scanner)
 
     async def _stream_body(
-        self, send: Send, resp: httpx.Response, masker: LineMasker, scanner: UsageScanner, is_sse: bool
+        self, send: Send, resp: _UpResponse, masker: LineMasker, scanner: UsageScanner, is_sse: bool
     ) -> None:
+        """Relay the body as it arrives. For an event stream, a watchdog sends a keep-alive
+        comment when the upstream has been silent for ``keepalive_interval``, but only between
+        events (a comment inside a half-sent event would corrupt it)."""
         interval = self.config.keepalive_interval if is_sse else None
-        it = resp.aiter_bytes()
         if interval is None:
-            async for chunk in it:
+            async for chunk in resp.aiter_bytes():
                 scanner.feed(chunk)
                 out = masker.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             scanner.finish()
             return
-        nxt: asyncio.Future[bytes] | None = None
-        try:
+        state = {"last": time.monotonic(), "boundary": True}
+        lock = asyncio.Lock()
+
+        async def watchdog() -> None:
             while True:
-                if nxt is None:
-                    nxt = asyncio.ensure_future(it.__anext__())
-                done, _ = await asyncio.wait({nxt}, timeout=interval)
-                if not done:
-                    await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
-                    continue
-                try:
-                    chunk = nxt.result()
-                except StopAsyncIteration:
-                    nxt = None
-                    break
-                nxt = None
+                await asyncio.sleep(max(0.0, state["last"] + interval - time.monotonic()))
+                if time.monotonic() - state["last"] >= interval and state["boundary"]:
+                    async with lock:
+                        if state["boundary"]:
+                            await send(
+                                {"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True}
+                            )
+                    state["last"] = time.monotonic()
+
+        dog = asyncio.ensure_future(watchdog())
+        try:
+            async for chunk in resp.aiter_bytes():
+                state["last"] = time.monotonic()
                 scanner.feed(chunk)
                 out = masker.feed(chunk)
                 if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    async with lock:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    state["boundary"] = out.endswith(b"\n\n") or out.endswith(b"\r\n\r\n")
         finally:
-            if nxt is not None and not nxt.done():
-                nxt.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await nxt
+            dog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dog
         scanner.finish()
 
     async def _relay_into_started_stream(
-        self, send: Send, ctx: _Ctx, ks: _KeySet, resp: httpx.Response, is_sse: bool, scanner: UsageScanner
+        self, send: Send, ctx: _Ctx, ks: _KeySet, resp: _UpResponse, is_sse: bool, scanner: UsageScanner
     ) -> None:
         if resp.status_code >= 400 or not is_sse:
             data = mask_bytes(await _read_all(resp), ks.forms)
@@ -880,8 +952,61 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-async def _read_all(resp: httpx.Response) -> bytes:
+async def _read_all(resp: _UpResponse) -> bytes:
     return b"".join([c async for c in resp.aiter_bytes()])
+
+
+class _UpResponse(Protocol):
+    """An upstream answer, whichever client fetched it: raw headers with lower-case names."""
+
+    status_code: int
+    raw_headers: list[tuple[bytes, bytes]]
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpxUp:
+    """An ``httpx.Response`` as an :class:`_UpResponse` (httpx decodes the body itself)."""
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        self.status_code = resp.status_code
+        self.raw_headers = [(k.lower(), v) for k, v in resp.headers.raw if k.lower() != b"content-encoding"]
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        return self._resp.aiter_bytes()
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+class _Decoded:
+    """A gzip/deflate body decoded as it streams (an upstream that ignored our identity ask)."""
+
+    def __init__(self, resp: _UpResponse, encoding: bytes) -> None:
+        self._resp = resp
+        self.status_code = resp.status_code
+        self.raw_headers = [
+            (k, v) for k, v in resp.raw_headers if k not in (b"content-encoding", b"content-length")
+        ]
+        self._z = zlib.decompressobj(zlib.MAX_WBITS | 32 if encoding != b"deflate" else zlib.MAX_WBITS)
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.aiter_bytes():
+                out = self._z.decompress(chunk)
+                if out:
+                    yield out
+            tail = self._z.flush()
+        except zlib.error as exc:
+            raise httpx.DecodingError("the upstream sent a corrupt compressed body") from exc
+        if tail:
+            yield tail
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
 
 
 def _wants_stream(body: bytes) -> bool:

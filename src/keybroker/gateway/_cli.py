@@ -309,6 +309,7 @@ def gateway_cmd(
             log_level="warning",
             access_log=False,
             server_header=False,
+            proxy_headers=False,
             ws="none",
         )
     finally:

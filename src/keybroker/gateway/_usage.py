@@ -35,8 +35,16 @@ log = logging.getLogger("keybroker.gateway")
 _MARKERS = (b'"usage"', b'"usageMetadata"')
 _MAX_LINE = 1 << 16
 _COUNT = re.compile(
-    rb'"(input_tokens|output_tokens|prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)'
+    rb'"(input_tokens|output_tokens|prompt_tokens|completion_tokens|total_tokens'
+    rb'|promptTokenCount|candidatesTokenCount|totalTokenCount)"\s*:\s*(\d+)'
 )
+#: JSON keys as they appear unescaped in a body (inside a JSON string a quote is escaped, so
+#: text the model wrote cannot pose as one of them)
+_AS = {
+    "promptTokenCount": "input_tokens",
+    "candidatesTokenCount": "output_tokens",
+    "totalTokenCount": "total_tokens",
+}
 
 
 def _int(v: Any) -> int:
@@ -116,13 +124,14 @@ class UsageScanner:
             return
 
     def whole(self, body: bytes) -> None:
-        """A complete (non-streamed) JSON body, or an event stream read at once."""
+        """A complete (non-streamed) body, read with a scan of its keys (no JSON parse)."""
         if not any(m in body for m in _MARKERS):
             return
-        try:
-            self._take(json.loads(body))
-        except ValueError:
-            self.feed(body + b"\n")
+        counts: dict[str, int] = {}
+        for k, v in _COUNT.findall(body):
+            name = _AS.get(k.decode(), k.decode())
+            counts[name] = max(counts.get(name, 0), int(v))
+        self._take({"usage": counts})
 
     def finish(self) -> None:
         if self._tail:
@@ -132,8 +141,7 @@ class UsageScanner:
                 self._line(tail)
                 if self.tokens == before:
                     # the end of a long one-line body: read the counts without parsing it whole
-                    counts = {k.decode(): int(v) for k, v in _COUNT.findall(tail)}
-                    self._take({"usage": counts})
+                    self.whole(tail)
 
 
 @dataclass(slots=True)
