@@ -101,13 +101,15 @@ class Settings(BaseSettings):
     auto_seal_minutes: float | None = None
     session: SecretStr | None = None
     debug: bool = False
-    #: reserved for the server issue (client mode); accepted and kept, unused for now
+    #: client mode: the CLI talks to this ``keybroker serve`` instead of the local vault
     addr: str | None = None
     token: SecretStr | None = None
+    #: a file holding the token (the token is never a command-line argument)
+    token_file: Path | None = None
     #: where the per-session key lives (``$XDG_RUNTIME_DIR/keybroker``), read from XDG's variable
     runtime_dir: Path | None = Field(default=None, validation_alias="XDG_RUNTIME_DIR")
 
-    @field_validator("home", "passphrase_file", "key_file", "runtime_dir")
+    @field_validator("home", "passphrase_file", "key_file", "token_file", "runtime_dir")
     @classmethod
     def _expand_user(cls, v: Path | None) -> Path | None:
         return v.expanduser() if v is not None else None

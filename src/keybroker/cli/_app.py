@@ -100,6 +100,15 @@ def _root(
         str | None, typer.Option("--org", help="Organization (default: KEYBROKER_ORG or 'default').")
     ] = None,
     output: OutputOpt = None,
+    addr: Annotated[
+        str | None,
+        typer.Option(
+            "--addr",
+            help="Work against this keybroker server (default: KEYBROKER_ADDR) instead of the local "
+            "vault; the token comes from KEYBROKER_TOKEN or KEYBROKER_TOKEN_FILE.",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -107,8 +116,9 @@ def _root(
     """keybroker: a secret and API-key manager for AI agents."""
     if output is not None:
         ctx.meta["keybroker.output"] = output
+    settings = load_settings(addr=addr) if addr is not None else load_settings()
     state = State(
-        load_settings(),
+        settings,
         output=output or OutputFormat.text,
         project=project,
         env=env,
@@ -117,6 +127,14 @@ def _root(
     )
     ctx.obj = state
     ctx.call_on_close(state.close)
+    sub = ctx.invoked_subcommand
+    if sub in LOCAL_ONLY and state.remote and not any(a in ("--help", "-h") for a in ctx.args):
+        state.require_local(sub)
+
+
+#: Commands that work on the local vault file only (with a server address set they refuse, in
+#: one line, rather than silently act on a local vault the user did not mean).
+LOCAL_ONLY = frozenset({"init", "unseal", "seal", "rekey", "keypair", "project", "env", "audit"})
 
 
 app.command("init")(_cmd_vault.init)

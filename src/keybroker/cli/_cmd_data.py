@@ -95,8 +95,8 @@ def import_(
             environ={k: v for k, v in os.environ.items() if k not in _WITHHELD},
         )
     )
-    svc = state.service()
-    existing = {m.name: m for m in svc.list_secrets(state.principal, scope, include_deleted=True)}
+    backend = state.backend(unseal=False)
+    existing = {m.name: m for m in backend.list_secrets(scope, include_deleted=True)}
     skipped: list[dict[str, Any]] = [{"line": s.line, "reason": s.reason} for s in parsed.skipped]
     plan = []
     for entry in parsed.entries:
@@ -118,11 +118,10 @@ def import_(
     if dry_run:
         imported = [{"name": e.key, "line": e.line, "version": None} for e in plan]
     elif plan:
-        state.unsealed(passphrase_file)
+        backend = state.backend(passphrase_file)
         for e in plan:
             try:
-                meta = svc.put(
-                    state.principal,
+                meta = backend.put(
                     scope,
                     e.key,
                     SecretValue(e.value),
@@ -135,10 +134,9 @@ def import_(
             imported.append({"name": e.key, "line": e.line, "version": meta.latest_version})
     skipped.sort(key=lambda s: int(s["line"]))
     errors = [s for s in skipped if s["reason"] not in _BENIGN]
-    state.vault().audit.record(
-        state.principal,
+    backend.audit(
+        scope,
         "import",
-        scope.path(),
         result="dry-run" if dry_run else ("partial" if errors else "ok"),
         detail={
             "file": file.name,
@@ -238,13 +236,12 @@ def export(
     """Print every current secret of a project environment as dotenv, JSON or YAML."""
     state = get_state(ctx)
     scope = state.scope(project, env)
-    svc = state.unsealed_service(passphrase_file)
-    values = _text_values(svc.export(state.principal, scope), "exported")
-    # audited before anything leaves the process (fail closed)
-    state.vault().audit.record(
-        state.principal,
+    backend = state.backend(passphrase_file)
+    values = _text_values(backend.export(scope), "exported")
+    # audited before anything leaves the process (fail closed; a server audits on its side)
+    backend.audit(
+        scope,
         "export",
-        scope.path(),
         detail={"format": fmt.value, "names": list(values), "to": "file" if output_file else "stdout"},
     )
     data = render(values, fmt).encode("utf-8")
@@ -319,8 +316,8 @@ def run(
     """
     state = get_state(ctx)
     scope = state.scope(project, env)
-    svc = state.unsealed_service(passphrase_file)
-    values = svc.export(state.principal, scope, permission="use", action="secret.use")
+    backend = state.backend(passphrase_file)
+    values = backend.export(scope, for_use=True)
     child_env = {k: v for k, v in os.environ.items() if k not in _WITHHELD}
     injected: dict[str, str] = {}
     for name in sorted(values, key=lambda n: ("/" in n or "-" in n, n)):
@@ -336,10 +333,9 @@ def run(
         injected[var] = name
     secret_bytes = [values[n].reveal_bytes() for n in injected.values()]
     # audited before the child starts (fail closed)
-    state.vault().audit.record(
-        state.principal,
+    backend.audit(
+        scope,
         "run",
-        scope.path(),
         detail={
             "names": sorted(injected.values()),
             "command": Path(command[0]).name,

@@ -172,8 +172,7 @@ def set_(
     scope = state.scope(project, env)
     md = _metadata(description, tag, owner, expires, rotation_period, risk, provider, state.clock.now())
     secret = read_value(value, stdin, file)
-    svc = state.unsealed_service(passphrase_file)
-    meta = svc.put(state.principal, scope, name, secret, cas=cas, **md)
+    meta = state.backend(passphrase_file).put(scope, name, secret, cas=cas, **md)
     _done(
         state,
         f"stored {name} version {meta.latest_version} in {scope.path()}",
@@ -209,8 +208,9 @@ def get(
     if plain and state.json:
         raise InvalidInput("give --plain or --output json, not both")
     scope = state.scope(project, env)
-    svc = state.unsealed_service(passphrase_file)
-    read = svc.get(state.principal, scope, name, version=version, label=label, resolve=not no_resolve)
+    read = state.backend(passphrase_file).get(
+        scope, name, version=version, label=label, resolve=not no_resolve
+    )
     if state.json:
         print_json(value_json(read))
         return
@@ -231,7 +231,7 @@ def list_(
     """List the secrets of a project environment (names and metadata, never values)."""
     state = get_state(ctx, output)
     scope = state.scope(project, env)
-    metas = state.service().list_secrets(state.principal, scope, prefix=prefix, include_deleted=deleted)
+    metas = state.backend(unseal=False).list_secrets(scope, prefix=prefix, include_deleted=deleted)
     if state.json:
         print_json([m.to_dict() for m in metas])
         return
@@ -265,7 +265,7 @@ def history(
     """List a secret's versions with their labels and state."""
     state = get_state(ctx, output)
     check_name(name)
-    versions = state.service().history(state.principal, state.scope(project, env), name)
+    versions = state.backend(unseal=False).history(state.scope(project, env), name)
     if state.json:
         print_json([v.to_dict() for v in versions])
         return
@@ -294,7 +294,7 @@ def describe(
     """Show a secret's metadata."""
     state = get_state(ctx, output)
     check_name(name)
-    meta = state.service().describe(state.principal, state.scope(project, env), name)
+    meta = state.backend(unseal=False).describe(state.scope(project, env), name)
     if state.json:
         print_json(meta.to_dict())
         return
@@ -352,7 +352,7 @@ def rollback(
     state = get_state(ctx, output)
     check_name(name)
     scope = state.scope(project, env)
-    meta = state.unsealed_service(passphrase_file).rollback(state.principal, scope, name, version)
+    meta = state.backend(passphrase_file).rollback(scope, name, version)
     _done(
         state,
         f"{name}: version {meta.latest_version} (a copy of version {version}) is current",
@@ -377,7 +377,7 @@ def rotate(
     check_name(name)
     scope = state.scope(project, env)
     secret = read_value(value, stdin, file)
-    meta = state.unsealed_service(passphrase_file).rotate(state.principal, scope, name, secret)
+    meta = state.backend(passphrase_file).rotate(scope, name, secret)
     _done(
         state,
         f"{name}: version {meta.pending_version} is pending; "
@@ -399,7 +399,7 @@ def promote(
     state = get_state(ctx, output)
     check_name(name)
     scope = state.scope(project, env)
-    meta = state.unsealed_service(passphrase_file).promote(state.principal, scope, name)
+    meta = state.backend(passphrase_file).promote(scope, name)
     prev = f"; version {meta.previous_version} stays readable as previous" if meta.previous_version else ""
     _done(
         state,
@@ -428,9 +428,9 @@ def delete(
     state = get_state(ctx, output)
     check_name(name)
     scope = state.scope(project, env)
-    svc = state.unsealed_service(passphrase_file)
+    backend = state.backend(passphrase_file)
     confirm(f"Delete {_versions_text(version)}{name} in {scope.path()}?", yes, refuse="delete")
-    svc.delete(state.principal, scope, name, list(version) if version else None)
+    backend.delete(scope, name, list(version) if version else None)
     _done(
         state,
         f"deleted {_versions_text(version)}{name} (`keybroker secret undelete {name}` brings it back)",
@@ -452,9 +452,7 @@ def undelete(
     state = get_state(ctx, output)
     check_name(name)
     scope = state.scope(project, env)
-    state.unsealed_service(passphrase_file).undelete(
-        state.principal, scope, name, list(version) if version else None
-    )
+    state.backend(passphrase_file).undelete(scope, name, list(version) if version else None)
     _done(
         state,
         f"undeleted {_versions_text(version)}{name}",
@@ -477,13 +475,13 @@ def destroy(
     state = get_state(ctx, output)
     check_name(name)
     scope = state.scope(project, env)
-    svc = state.unsealed_service(passphrase_file)
+    backend = state.backend(passphrase_file)
     confirm(
         f"Destroy {_versions_text(version)}{name} in {scope.path()}? This cannot be undone.",
         yes,
         refuse="destroy",
     )
-    svc.destroy(state.principal, scope, name, list(version))
+    backend.destroy(scope, name, list(version))
     _done(
         state,
         f"destroyed {_versions_text(version)}{name}",

@@ -288,9 +288,39 @@ def seal(ctx: typer.Context, output: OutputOpt = None) -> None:
 
 
 # -- status ----------------------------------------------------------------------------------------
+def _remote_status(state: State) -> None:
+    """The server's health (``GET /v1/sys/health``; needs no token)."""
+    from keybroker.client import Client
+
+    with Client(state.addr, "", environ={}, max_stale=None) as client:
+        health = client.health()
+    info = {
+        "addr": state.addr,
+        "initialized": bool(health.get("initialized")),
+        "sealed": bool(health.get("sealed")),
+        "version": health.get("version"),
+        "scope": state.scope().path(),
+    }
+    if state.json:
+        print_json(info)
+        return
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("server", text(info["addr"]))
+    table.add_row("initialized", text("yes" if info["initialized"] else "no"))
+    table.add_row("sealed", text("yes" if info["sealed"] else "no"))
+    table.add_row("server version", text(info["version"] or "?"))
+    table.add_row("scope", text(info["scope"]))
+    out_console().print(table)
+
+
 def status(ctx: typer.Context, output: OutputOpt = None) -> None:
     """Show whether the vault exists and is sealed, where it is stored, and what it holds."""
     state = get_state(ctx, output)
+    if state.remote:
+        _remote_status(state)
+        return
     vault = state.vault()
     info: dict[str, Any] = {"initialized": False, "sealed": True, "store": state.store_url()}
     try:

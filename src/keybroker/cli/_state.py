@@ -15,6 +15,7 @@ from typing import Any
 import typer
 from sqlalchemy.exc import ArgumentError
 
+from keybroker.cli._backend import LocalBackend, RemoteBackend, SecretsBackend
 from keybroker.cli._io import OutputFormat, read_passphrase_file, warn
 from keybroker.cli._session import SessionStore
 from keybroker.config import Settings, load_settings, session_key_dir
@@ -31,7 +32,7 @@ from keybroker.core import (
     check_scope_name,
     local_principal,
 )
-from keybroker.errors import InvalidInput, NotInitialized, VaultSealed
+from keybroker.errors import AuthenticationError, InvalidInput, NotInitialized, VaultSealed
 from keybroker.store import Store
 
 __all__ = ["CLIENT", "DEV_WARNING", "State", "get_state"]
@@ -56,10 +57,75 @@ class State:
     _store: Store | None = None
     _vault: Vault | None = None
     _service: SecretService | None = None
+    _remote: RemoteBackend | None = None
 
     @property
     def json(self) -> bool:
         return self.output is OutputFormat.json
+
+    # -- where the secrets are -----------------------------------------------------------------
+    @property
+    def addr(self) -> str | None:
+        """The server address (``--addr`` or ``KEYBROKER_ADDR``), or None for the local vault."""
+        return (self.settings.addr or "").strip() or None
+
+    @property
+    def remote(self) -> bool:
+        return self.addr is not None
+
+    def require_local(self, what: str) -> None:
+        """Refuse a command that only works on a local vault when a server address is set."""
+        if self.remote:
+            raise InvalidInput(
+                f"`keybroker {what}` works on a local vault only; unset KEYBROKER_ADDR / drop --addr"
+            )
+
+    def token(self) -> str:
+        """The server token: ``KEYBROKER_TOKEN``, else the file named by ``KEYBROKER_TOKEN_FILE``
+        (never a command-line argument, so it stays out of shell history and ``ps``)."""
+        if self.settings.token is not None:
+            return self.settings.token.get_secret_value().strip()
+        tf = self.settings.token_file
+        if tf is not None:
+            try:
+                tok = tf.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = getattr(exc, "strerror", None) or type(exc).__name__
+                raise InvalidInput(f"cannot read KEYBROKER_TOKEN_FILE {tf}: {why}") from None
+            if tok:
+                return tok
+            raise InvalidInput(f"KEYBROKER_TOKEN_FILE {tf} is empty")
+        raise AuthenticationError(
+            f"no token for the server at {self.addr}: set KEYBROKER_TOKEN or KEYBROKER_TOKEN_FILE"
+        )
+
+    def remote_backend(self) -> RemoteBackend:
+        if self._remote is None:
+            from keybroker.client import Client
+
+            addr = self.addr
+            if addr is None or not addr.startswith(("http://", "https://")):
+                raise InvalidInput("the server address must start with http:// or https://")
+            scope = self.scope()
+            client = Client(
+                addr,
+                self.token(),
+                project=scope.project,
+                environment=scope.environment,
+                cache_ttl=0.0,
+                max_stale=None,
+                environ={},
+            )
+            self._remote = RemoteBackend(client)
+        return self._remote
+
+    def backend(self, passphrase_file: Path | None = None, *, unseal: bool = True) -> SecretsBackend:
+        """Where the secret commands go: the server when an address is set, else the local vault
+        (unsealed first when ``unseal``; metadata is readable while sealed)."""
+        if self.remote:
+            return self.remote_backend()
+        svc = self.unsealed_service(passphrase_file) if unseal else self.service()
+        return LocalBackend(svc, self.principal)
 
     # -- resources -----------------------------------------------------------------------------
     def store(self) -> Store:
@@ -107,6 +173,9 @@ class State:
         return self._service
 
     def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
         if self._store is not None:
             self._store.dispose()
             self._store = None

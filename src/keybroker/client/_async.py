@@ -277,9 +277,74 @@ class AsyncClient:
         await self._run(self._core.delete_flow(name, project, environment, versions))
 
     async def list_secrets(
-        self, *, project: str | None = None, environment: str | None = None, prefix: str = ""
+        self,
+        *,
+        project: str | None = None,
+        environment: str | None = None,
+        prefix: str = "",
+        deleted: bool = False,
     ) -> list[dict[str, Any]]:
-        return await self._run(self._core.list_flow(project, environment, prefix))
+        return await self._run(self._core.list_flow(project, environment, prefix, deleted))
+
+    async def read(
+        self,
+        name: str,
+        *,
+        project: str | None = None,
+        environment: str | None = None,
+        version: int | None = None,
+        label: str | None = None,
+        resolve: bool = True,
+    ) -> dict[str, Any]:
+        """One read straight from the server (no cache, no fallback), with what :meth:`get`
+        leaves out: ``{"name","version","value": SecretValue,"metadata","references"}``."""
+        return await self._run(self._core.read_flow(name, project, environment, version, label, resolve))
+
+    async def describe(
+        self, name: str, *, project: str | None = None, environment: str | None = None
+    ) -> dict[str, Any]:
+        """A secret's metadata (no value)."""
+        return await self._run(self._core.describe_flow(name, project, environment))
+
+    async def history(
+        self, name: str, *, project: str | None = None, environment: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A secret's versions with their labels and state (no values)."""
+        return await self._run(self._core.history_flow(name, project, environment))
+
+    async def rollback(
+        self, name: str, version: int, *, project: str | None = None, environment: str | None = None
+    ) -> dict[str, Any]:
+        """Write ``version``'s value again as a new current version. Returns the metadata."""
+        return await self._run(self._core.rollback_flow(name, version, project, environment))
+
+    async def undelete(
+        self,
+        name: str,
+        *,
+        project: str | None = None,
+        environment: str | None = None,
+        versions: Iterable[int] | None = None,
+    ) -> None:
+        """Bring back a soft-deleted secret (or only some versions)."""
+        await self._run(self._core.undelete_flow(name, project, environment, versions))
+
+    async def destroy(
+        self,
+        name: str,
+        versions: Iterable[int],
+        *,
+        project: str | None = None,
+        environment: str | None = None,
+    ) -> None:
+        """Erase versions for good (their values cannot come back)."""
+        await self._run(self._core.destroy_flow(name, versions, project, environment))
+
+    async def export(
+        self, *, project: str | None = None, environment: str | None = None
+    ) -> dict[str, SecretValue]:
+        """Every current value of a project/environment the caller may read."""
+        return await self._run(self._core.export_flow(project, environment))
 
     async def health(self) -> dict[str, Any]:
         return await self._run(self._core.health_flow())

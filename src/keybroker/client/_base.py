@@ -690,14 +690,109 @@ class ClientCore:
         return None
 
     def list_flow(
-        self, project: str | None = None, environment: str | None = None, prefix: str = ""
+        self,
+        project: str | None = None,
+        environment: str | None = None,
+        prefix: str = "",
+        deleted: bool = False,
     ) -> Flow[list[dict[str, Any]]]:
         p, e = self.scope(project, environment)
-        resp = yield self._req(
-            "GET", f"/v1/secrets/{_seg(p)}/{_seg(e)}", params={"prefix": prefix} if prefix else {}
-        )
+        params = {"prefix": prefix} if prefix else {}
+        if deleted:
+            params["deleted"] = "true"
+        resp = yield self._req("GET", f"/v1/secrets/{_seg(p)}/{_seg(e)}", params=params)
         body = check(resp)
         return [dict(m) for m in (body or {}).get("secrets", [])]
+
+    # -------------------------------------------------------------- admin flows (no cache)
+    def _path(self, kind: str, p: str, e: str, name: str) -> str:
+        return f"/v1/{kind}/{_seg(p)}/{_seg(e)}/{quote(name, safe='/')}"
+
+    def read_flow(
+        self,
+        name: str,
+        project: str | None = None,
+        environment: str | None = None,
+        version: int | None = None,
+        label: str | None = None,
+        resolve: bool = True,
+    ) -> Flow[dict[str, Any]]:
+        """The whole answer of a read, straight from the server (no cache, no fallback):
+        ``{"name","version","value": SecretValue,"metadata","references"}``."""
+        p, e = self.scope(project, environment)
+        params: dict[str, str] = {}
+        if version is not None:
+            params["version"] = str(version)
+        if label is not None:
+            params["label"] = label
+        if not resolve:
+            params["resolve"] = "false"
+        resp = yield self._req("GET", self._path("secrets", p, e, name), params=params)
+        try:
+            body = check(resp)
+        except KeybrokerError as exc:
+            self._forget_on(exc, p, e, name)
+            raise
+        out = dict(body)
+        out["value"] = SecretValue(str(body["value"]))
+        return out
+
+    def describe_flow(
+        self, name: str, project: str | None = None, environment: str | None = None
+    ) -> Flow[dict[str, Any]]:
+        p, e = self.scope(project, environment)
+        resp = yield self._req("GET", self._path("metadata", p, e, name))
+        body = check(resp)
+        return dict(body.get("metadata") or {})
+
+    def history_flow(
+        self, name: str, project: str | None = None, environment: str | None = None
+    ) -> Flow[list[dict[str, Any]]]:
+        p, e = self.scope(project, environment)
+        resp = yield self._req("GET", self._path("history", p, e, name))
+        body = check(resp)
+        return [dict(v) for v in (body or {}).get("versions", [])]
+
+    def rollback_flow(
+        self, name: str, version: int, project: str | None = None, environment: str | None = None
+    ) -> Flow[dict[str, Any]]:
+        p, e = self.scope(project, environment)
+        resp = yield self._req("POST", self._path("rollback", p, e, name), body={"version": int(version)})
+        return self._write_done(p, e, name, check(resp))
+
+    def undelete_flow(
+        self,
+        name: str,
+        project: str | None = None,
+        environment: str | None = None,
+        versions: Iterable[int] | None = None,
+    ) -> Flow[None]:
+        p, e = self.scope(project, environment)
+        body: dict[str, Any] = {"versions": [int(v) for v in versions]} if versions else {}
+        resp = yield self._req("POST", self._path("undelete", p, e, name), body=body)
+        check(resp)
+        self.cache.invalidate(p, e, name)
+        return None
+
+    def destroy_flow(
+        self, name: str, versions: Iterable[int], project: str | None = None, environment: str | None = None
+    ) -> Flow[None]:
+        p, e = self.scope(project, environment)
+        resp = yield self._req(
+            "POST", self._path("destroy", p, e, name), body={"versions": [int(v) for v in versions]}
+        )
+        check(resp)
+        self.cache.invalidate(p, e, name, drop=True)
+        return None
+
+    def export_flow(
+        self, project: str | None = None, environment: str | None = None
+    ) -> Flow[dict[str, SecretValue]]:
+        """Every current value of a project/environment the caller may read."""
+        p, e = self.scope(project, environment)
+        resp = yield self._req("GET", f"/v1/export/{_seg(p)}/{_seg(e)}", params={"format": "json"})
+        body = check(resp)
+        return {str(k): SecretValue(str(v)) for k, v in ((body or {}).get("secrets") or {}).items()}
 
     def health_flow(self) -> Flow[dict[str, Any]]:
         resp = yield self._req("GET", "/v1/sys/health")
