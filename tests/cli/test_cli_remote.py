@@ -220,3 +220,7 @@ def test_local_only_commands_refuse(remote: Remote, args: tuple[str, ...]) -> No
 def test_status_shows_the_server(remote: Remote) -> None:
     doc = json.loads(remote("status", "--output", "json").stdout)
     assert doc["addr"] == remote.url and doc["initialized"] is True and doc["sealed"] is False
+
+
+def test_local_only_help_still_works(remote: Remote) -> None:
+    assert "Usage" in remote("init", "--help").stdout

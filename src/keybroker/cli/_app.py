@@ -30,6 +30,9 @@ from keybroker.server import _cli as _server_cli
 __all__ = ["app", "main"]
 
 
+_ARGS_KEY = "keybroker.args"
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.split())
 
@@ -51,6 +54,8 @@ class KeybrokerGroup(TyperGroup):
     """The root group: turns errors from any command below it into one line and an exit code."""
 
     def invoke(self, ctx: Any) -> Any:
+        # what follows the global options (click clears it before the root callback runs)
+        ctx.meta[_ARGS_KEY] = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             return super().invoke(ctx)
         except (TyperException, Exit, Abort):
@@ -128,7 +133,8 @@ def _root(
     ctx.obj = state
     ctx.call_on_close(state.close)
     sub = ctx.invoked_subcommand
-    if sub in LOCAL_ONLY and state.remote and not any(a in ("--help", "-h") for a in ctx.args):
+    asks_help = any(a in ("--help", "-h") for a in ctx.meta.get(_ARGS_KEY, ()))
+    if sub in LOCAL_ONLY and state.remote and not asks_help:
         state.require_local(sub)
 
 

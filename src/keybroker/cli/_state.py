@@ -106,6 +106,8 @@ class State:
             addr = self.addr
             if addr is None or not addr.startswith(("http://", "https://")):
                 raise InvalidInput("the server address must start with http:// or https://")
+            if self.org:
+                warn("--org is ignored against a server: the organization comes from the token")
             scope = self.scope()
             client = Client(
                 addr,
