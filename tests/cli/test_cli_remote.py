@@ -164,6 +164,11 @@ def test_token_file_and_addr_option(remote: Remote, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("KEYBROKER_TOKEN_FILE", str(tf))
     remote("--addr", remote.url, "secret", "set", "F", "--stdin", input="from-file\n")
     assert remote("--addr", remote.url, "secret", "get", "F", "--plain").stdout == "from-file"
+    # `run` hands the child neither the token nor where it is kept
+    dump = remote.tmp / "child-env"
+    code = f"import os; open({str(dump)!r}, 'w').write(os.environ.get('KEYBROKER_TOKEN_FILE', 'none'))"
+    remote("--addr", remote.url, "run", "--", sys.executable, "-c", code)
+    assert dump.read_text() == "none"
     # no address: the local vault (never initialised here)
     assert remote("secret", "get", "F", code=1).stderr.startswith("error: ")
 
