@@ -393,6 +393,9 @@ class LeanPool:
             while idle:
                 self._discard(idle.popleft())
         self._idle.clear()
+        # transports finish closing on the next turns of the loop: let them, before it stops
+        for _ in range(3):
+            await asyncio.sleep(0)
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
