@@ -57,7 +57,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        threads = settings.worker_threads or (1 if kb.vault.store.dialect == "sqlite" else 8)
+        threads = settings.worker_threads or 8
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads
         for fn in app.state.on_startup:
             fn()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ class Store:
         self.url = url
         self.engine = engine or self._make_engine(url, busy_timeout_ms)
         self.dialect = self.engine.dialect.name
+        self._busy_timeout_s = busy_timeout_ms / 1000
+        # SQLite has one writer at a time. Threads of this process queue on a lock (FIFO-ish,
+        # no sleeping) instead of SQLite's busy handler, whose back-off sleeps make tail
+        # latency explode under concurrent writers; other processes still meet busy_timeout.
+        self._write_lock: threading.RLock | None = threading.RLock() if self.dialect == "sqlite" else None
 
     @staticmethod
     def for_path(path: Path) -> Store:
@@ -100,6 +106,9 @@ class Store:
 
     @contextlib.contextmanager
     def begin(self) -> Iterator[Connection]:
+        lock = self._write_lock
+        if lock is not None and not lock.acquire(timeout=self._busy_timeout_s):
+            raise StoreLocked("the database is locked by another writer; try again")
         try:
             with self.engine.begin() as conn:
                 yield conn
@@ -109,6 +118,9 @@ class Store:
             if err.errno == errno.ENOSPC:
                 raise StoreFull("the disk is full; the write was not stored") from err
             raise
+        finally:
+            if lock is not None:
+                lock.release()
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
