@@ -115,6 +115,12 @@ def test_first_run_then_restart(tmp_path: Path, procs: list[Proc]) -> None:
     assert stat.S_IMODE((home / "root.key").stat().st_mode) == 0o600
     with httpx.Client(base_url=p.url, headers={"X-Vault-Token": token}) as c:
         assert c.put("/v1/secrets/default/dev/K", json={"value": "persisted-value"}).status_code == 200
+        # serve mounts everything: agent access API, the gateway under /gw and MCP under /mcp
+        assert c.get("/v1/access-requests").json() == {"requests": []}
+        gw = c.post("/gw/openai/v1/chat/completions", headers={"Authorization": "Bearer kbp_x"}, json={})
+        assert gw.status_code == 401 and gw.json()["error"]["code"] == "proxy_token_invalid"
+        mcp = c.post("/mcp", json={}, headers={"X-Vault-Token": ""})
+        assert mcp.status_code == 401
     assert p.stopped_gracefully()
     out = p.output()
     assert str(token_file) in out and f"127.0.0.1:{p.port}" in out

@@ -3,7 +3,7 @@ mounted at ``/gw``.
 
 Wiring (one call in ``create_app``, before the Vault KV catch-all)::
 
-    _access_api.install(app, kb)   # services in kb.extras["access"], router, gateway at /gw
+    _access_api.install(app, kb)   # services in kb.extras["agent_access"], router, gateway at /gw
 
 Routes (every one calls the core services; access rules live in core):
 
@@ -179,7 +179,16 @@ def install(
     (call this before the KV catch-all is included), mount the gateway at ``/gw``, and start and
     stop the clean-up job and the gateway with the app."""
     acc = AccessServices.build(kb.secrets, settings, notifier=notifier)
-    kb.extras["access"] = acc
+    kb.extras["agent_access"] = acc
+    # the same service objects under the names the MCP extension shares (one set of services, so
+    # a revocation through either front end reaches the gateway's caches at once)
+    for key, value in (
+        ("sessions", acc.sessions),
+        ("tools", acc.tools),
+        ("access", acc.requests),
+        ("proxy_tokens", acc.tokens),
+    ):
+        kb.extras.setdefault(key, value)
     if include_router:
         app.include_router(router)
     app.mount("/gw", acc.gateway)
@@ -202,7 +211,7 @@ def install(
 
 
 def access(request: Request) -> AccessServices:
-    acc = request.app.state.kb.extras.get("access")
+    acc = request.app.state.kb.extras.get("agent_access")
     if not isinstance(acc, AccessServices):
         raise RuntimeError("agent access is not installed in this app")
     return acc

@@ -14,6 +14,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from keybroker.core import (
     KeychainRoot,
     KeyFileRoot,
@@ -27,8 +29,10 @@ from keybroker.core._identity import IdentityService
 from keybroker.core._rbac import RbacAuthorizer
 from keybroker.core._tokens import TokenService
 from keybroker.errors import InvalidInput
+from keybroker.server import _access_api
 from keybroker.server._app import _build_vault, create_app
 from keybroker.server._settings import ServerSettings
+from keybroker.server._state import Services
 
 __all__ = ["prepare_vault", "root_source", "serve", "write_root_token"]
 
@@ -117,13 +121,31 @@ def prepare_vault(settings: ServerSettings, echo: Callable[[str], None], *, new_
     return vault
 
 
+def _mount_agent_access(app: FastAPI, kb: Services) -> None:
+    """The agent-access REST API's services and the gateway at ``/gw`` (router included above)."""
+    _access_api.install(app, kb, include_router=False)
+
+
+def _mount_mcp(app: FastAPI, kb: Services) -> None:
+    """MCP over streamable HTTP at ``/mcp``, sharing the gateway's agent services."""
+    import keybroker.mcp
+
+    keybroker.mcp.install(app, kb)
+
+
 def serve(settings: ServerSettings, echo: Callable[[str], None], *, new_root: bool = False) -> None:
     import uvicorn
 
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise InvalidInput("TLS needs both --tls-cert and --tls-key")
     vault = prepare_vault(settings, echo, new_root=new_root)
-    app = create_app(settings, vault=vault, owns_vault=True)
+    app = create_app(
+        settings,
+        vault=vault,
+        owns_vault=True,
+        routers=[_access_api.router],
+        extensions=[_mount_agent_access, _mount_mcp],
+    )
     scheme = "https" if settings.tls_cert else "http"
     config = uvicorn.Config(
         app,

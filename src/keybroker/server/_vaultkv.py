@@ -67,6 +67,14 @@ RESERVED_MOUNTS = frozenset(
         "audit",
         "events",
         "identity",
+        # agent access (keybroker.server._access_api.RESERVED)
+        "agents",
+        "access-requests",
+        "sessions",
+        "proxy-tokens",
+        "proxy-env",
+        "incident-rotate",
+        "access",
     }
 )
 _KV_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "LIST"]
