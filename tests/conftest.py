@@ -36,7 +36,7 @@ def pg_available() -> tuple[bool, str]:
                 c.execute(sa.text("select 1"))
             eng.dispose()
             _pg_checked = (True, "")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _pg_checked = (False, f"PostgreSQL at {PG_BASE} is not reachable: {type(exc).__name__}")
     return _pg_checked
 
