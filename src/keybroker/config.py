@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     token: SecretStr | None = None
     #: a file holding the token (the token is never a command-line argument)
     token_file: Path | None = None
+    #: the gateway ``keybroker run`` points proxy-only secrets at (default: ``<addr>/gw``)
+    gateway_url: str | None = None
     #: where the per-session key lives (``$XDG_RUNTIME_DIR/keybroker``), read from XDG's variable
     runtime_dir: Path | None = Field(default=None, validation_alias="XDG_RUNTIME_DIR")
 

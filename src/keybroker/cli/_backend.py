@@ -11,24 +11,43 @@ text tables and JSON whichever it talks to; the server's errors come back as the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from keybroker.core import Principal, Scope, SecretMeta, SecretRead, SecretService, VersionMeta
 from keybroker.crypto import SecretValue
-from keybroker.errors import InvalidInput
+from keybroker.errors import InvalidInput, NotFound, PermissionDenied, ProxyOnly
 
 if TYPE_CHECKING:
     from keybroker.client import Client
 
 __all__ = [
+    "DEFAULT_GATEWAY_URL",
     "LocalBackend",
+    "ProxyEnvironment",
     "RemoteBackend",
     "SecretsBackend",
     "meta_from_dict",
     "version_from_dict",
 ]
+
+
+#: where ``keybroker run`` points proxy-only secrets of a local vault (``keybroker serve``'s /gw)
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8270/gw"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyEnvironment:
+    """What a child gets instead of proxy-only values: a proxy token per secret name, and the
+    variables pointing the providers' SDKs at the gateway (``OPENAI_BASE_URL``, ...)."""
+
+    tokens: dict[str, SecretValue]
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"ProxyEnvironment(names={sorted(self.tokens)}, extra={sorted(self.extra)}, tokens=[secret])"
 
 
 class SecretsBackend(Protocol):
@@ -73,6 +92,13 @@ class SecretsBackend(Protocol):
     def destroy(self, scope: Scope, name: str, versions: list[int]) -> None: ...
 
     def export(self, scope: Scope, *, for_use: bool = False) -> dict[str, SecretValue]: ...
+
+    def proxy_env(
+        self, scope: Scope, names: Iterable[str], *, ttl_s: int, gateway_url: str | None
+    ) -> ProxyEnvironment:
+        """Proxy tokens for proxy-only secrets (a use-only session over ``names``). ``gateway_url``
+        None: the backend's own default (a server answers with its own gateway's URL)."""
+        ...
 
     def audit(self, scope: Scope, action: str, detail: dict[str, Any], result: str = "ok") -> None: ...
 
@@ -139,6 +165,18 @@ class LocalBackend:
         if for_use:
             return self.svc.export(self.principal, scope, permission="use", action="secret.use")
         return self.svc.export(self.principal, scope)
+
+    def proxy_env(
+        self, scope: Scope, names: Iterable[str], *, ttl_s: int, gateway_url: str | None
+    ) -> ProxyEnvironment:
+        from keybroker.core._proxy_tokens import ProxyTokenService
+        from keybroker.core._sessions import SessionService
+
+        # core audits the session and every token it issues
+        pe = ProxyTokenService(SessionService(self.svc)).proxy_env(
+            self.principal, scope, names, gateway_url=gateway_url or DEFAULT_GATEWAY_URL, ttl_s=ttl_s
+        )
+        return ProxyEnvironment(dict(pe.tokens), dict(pe.extra))
 
     def audit(self, scope: Scope, action: str, detail: dict[str, Any], result: str = "ok") -> None:
         self.svc.vault.audit.record(self.principal, action, scope.path(), result=result, detail=detail)
@@ -300,7 +338,39 @@ class RemoteBackend:
 
     def export(self, scope: Scope, *, for_use: bool = False) -> dict[str, SecretValue]:
         # the server audits the export itself (for `run` as well as `export`)
-        return self.client.export(project=scope.project, environment=scope.environment)
+        try:
+            return self.client.export(project=scope.project, environment=scope.environment)
+        except ProxyOnly:
+            pass
+        # a server that refuses the whole export over a proxy-only secret: read the others one
+        # by one (each read audited there); proxy-only values never come back
+        out: dict[str, SecretValue] = {}
+        for m in self.list_secrets(scope):
+            if m.current_version is None or m.kind == "keypair" or m.proxy_only:
+                continue
+            try:
+                out[m.name] = self.get(scope, m.name, version=None, label=None, resolve=True).value
+            except (ProxyOnly, PermissionDenied, NotFound):
+                continue  # (ProxyOnly: a reference to a proxy-only secret)
+        return out
+
+    def proxy_env(
+        self, scope: Scope, names: Iterable[str], *, ttl_s: int, gateway_url: str | None
+    ) -> ProxyEnvironment:
+        body = self.client.proxy_env(
+            list(names), project=scope.project, environment=scope.environment, ttl_s=ttl_s
+        )
+        tokens = {str(k): SecretValue(str(v)) for k, v in (body.get("tokens") or {}).items()}
+        extra = {str(k): str(v) for k, v in (body.get("env") or {}).items()}
+        theirs = extra.get("KEYBROKER_GATEWAY_URL", "").rstrip("/")
+        if gateway_url and theirs:
+            # the caller names the gateway explicitly: point the base URLs there instead
+            ours = gateway_url.rstrip("/")
+            extra = {
+                k: ours + v[len(theirs) :] if v == theirs or v.startswith(theirs + "/") else v
+                for k, v in extra.items()
+            }
+        return ProxyEnvironment(tokens, extra)
 
     def audit(self, scope: Scope, action: str, detail: dict[str, Any], result: str = "ok") -> None:
         """The server keeps the audit trail of every request it answers."""

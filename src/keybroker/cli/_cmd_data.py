@@ -15,6 +15,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
+from keybroker.cli._backend import DEFAULT_GATEWAY_URL, ProxyEnvironment
 from keybroker.cli._io import print_json, warn, write_stdout
 from keybroker.cli._opts import EnvOpt, OutputOpt, PassphraseFileOpt, ProjectOpt
 from keybroker.cli._session import write_private
@@ -306,6 +307,10 @@ def run(
     no_masking: Annotated[
         bool, typer.Option("--no-masking", help="Do not mask secret values in the command's output.")
     ] = False,
+    proxy_ttl: Annotated[
+        int,
+        typer.Option("--proxy-ttl", min=1, help="Seconds the proxy tokens of proxy-only secrets stay valid."),
+    ] = 3600,
     project: ProjectOpt = None,
     env: EnvOpt = None,
     passphrase_file: PassphraseFileOpt = None,
@@ -313,32 +318,56 @@ def run(
     """Run a command with the environment's secrets as environment variables.
 
     Secret values the command prints to stdout/stderr are masked (as `op run` does); the exit
-    code is passed through; SIGINT and SIGTERM are forwarded to the command.
+    code is passed through; SIGINT and SIGTERM are forwarded to the command. A proxy-only secret
+    is never handed over: the command gets a proxy token (kbp_...) under its name instead, and
+    the variables pointing the provider SDKs at the gateway (OPENAI_BASE_URL, ANTHROPIC_BASE_URL,
+    KEYBROKER_GATEWAY_URL). The gateway is KEYBROKER_GATEWAY_URL, else the server's (with
+    --addr), else http://127.0.0.1:8270/gw.
     """
     state = get_state(ctx)
     scope = state.scope(project, env)
     backend = state.backend(passphrase_file)
+    proxied = sorted(
+        m.name
+        for m in backend.list_secrets(scope)
+        if m.proxy_only and m.current_version is not None and m.kind != "keypair"
+    )
     values = backend.export(scope, for_use=True)
+    for name in proxied:
+        values.pop(name, None)  # never the value of a proxy-only secret, whatever export says
+    proxy = ProxyEnvironment({})
+    if proxied:
+        gateway = (state.settings.gateway_url or "").strip() or None
+        if gateway is None and not backend.remote:
+            gateway = DEFAULT_GATEWAY_URL
+        proxy = backend.proxy_env(scope, proxied, ttl_s=proxy_ttl, gateway_url=gateway)
+    given: dict[str, SecretValue] = {**values, **{n: t for n, t in proxy.tokens.items() if n in proxied}}
     child_env = {k: v for k, v in os.environ.items() if k not in _WITHHELD}
     injected: dict[str, str] = {}
-    for name in sorted(values, key=lambda n: ("/" in n or "-" in n, n)):
+    for name in sorted(given, key=lambda n: ("/" in n or "-" in n, n)):
         var = env_var_name(name)
         if var in injected:
             warn(f"{name} would be ${var}, which {injected[var]} already is; left out")
             continue
         try:
-            child_env[var] = values[name].reveal_bytes().decode("utf-8")
+            child_env[var] = given[name].reveal_bytes().decode("utf-8")
         except UnicodeDecodeError:
             warn(f"{name} is binary (not UTF-8) and cannot be an environment variable; left out")
             continue
         injected[var] = name
-    secret_bytes = [values[n].reveal_bytes() for n in injected.values()]
-    # audited before the child starts (fail closed)
+    for var, text in proxy.extra.items():
+        if var in injected:
+            warn(f"${var} points the SDKs at the gateway; {injected[var]} left out")
+            del injected[var]
+        child_env[var] = text
+    secret_bytes = [given[n].reveal_bytes() for n in injected.values()]
+    # audited before the child starts (fail closed); core/the server audit the proxy tokens
     backend.audit(
         scope,
         "run",
         detail={
             "names": sorted(injected.values()),
+            "proxied": sorted(n for n in injected.values() if n in proxy.tokens),
             "command": Path(command[0]).name,
             "masking": not no_masking,
         },

@@ -161,6 +161,13 @@ def set_(
     provider: Annotated[
         str | None, typer.Option("--provider", help="Provider hint: openai, anthropic, stripe, generic...")
     ] = None,
+    proxy_only: Annotated[
+        bool,
+        typer.Option(
+            "--proxy-only",
+            help="Never reveal the value: `run` gives a proxy token for the gateway instead.",
+        ),
+    ] = False,
     project: ProjectOpt = None,
     env: EnvOpt = None,
     output: OutputOpt = None,
@@ -171,6 +178,8 @@ def set_(
     check_name(name)
     scope = state.scope(project, env)
     md = _metadata(description, tag, owner, expires, rotation_period, risk, provider, state.clock.now())
+    if proxy_only:
+        md["proxy_only"] = True
     secret = read_value(value, stdin, file)
     meta = state.backend(passphrase_file).put(scope, name, secret, cas=cas, **md)
     _done(

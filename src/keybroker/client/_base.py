@@ -794,6 +794,23 @@ class ClientCore:
         body = check(resp)
         return {str(k): SecretValue(str(v)) for k, v in ((body or {}).get("secrets") or {}).items()}
 
+    def proxy_env_flow(
+        self,
+        names: Iterable[str],
+        project: str | None = None,
+        environment: str | None = None,
+        ttl_s: int | None = None,
+    ) -> Flow[dict[str, Any]]:
+        """Proxy tokens for proxy-only secrets (``POST /v1/proxy-env``): ``{"tokens": {name:
+        token}, "env": {VAR: value}, "session": {...}}``. The tokens are shown once."""
+        p, e = self.scope(project, environment)
+        body: dict[str, Any] = {"project": p, "environment": e, "names": [str(n) for n in names]}
+        if ttl_s is not None:
+            body["ttl_s"] = int(ttl_s)
+        resp = yield self._req("POST", "/v1/proxy-env", body=body)
+        out = check(resp)
+        return dict(out or {})
+
     def health_flow(self) -> Flow[dict[str, Any]]:
         resp = yield self._req("GET", "/v1/sys/health")
         body = resp.json()

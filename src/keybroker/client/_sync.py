@@ -328,6 +328,18 @@ class Client:
         """Every current value of a project/environment the caller may read."""
         return self._run(self._core.export_flow(project, environment))
 
+    def proxy_env(
+        self,
+        names: Iterable[str],
+        *,
+        project: str | None = None,
+        environment: str | None = None,
+        ttl_s: int | None = None,
+    ) -> dict[str, Any]:
+        """Proxy tokens instead of the values of proxy-only secrets, and the variables pointing
+        the providers' SDKs at the gateway: ``{"tokens": {...}, "env": {...}, "session": {...}}``."""
+        return self._run(self._core.proxy_env_flow(names, project, environment, ttl_s))
+
     def health(self) -> dict[str, Any]:
         return self._run(self._core.health_flow())
 
