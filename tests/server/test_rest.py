@@ -166,6 +166,13 @@ def test_projects_keypairs_import_export(live: Live) -> None:
         assert exp["K1"] == "v1" and exp["K2"] == "new" and "signer" not in exp
         text = c.get("/v1/export/billing/dev", params={"format": "dotenv"}).text
         assert "K1='v1'" in text
+        # a proxy-only secret is left out of an export; it does not fail the export
+        c.put("/v1/secrets/billing/dev/PROXIED", json={"value": "proxied-real-value"})
+        assert c.patch("/v1/metadata/billing/dev/PROXIED", json={"proxy_only": True}).status_code == 200
+        r = c.get("/v1/export/billing/dev")
+        assert r.status_code == 200 and "PROXIED" not in r.json()["secrets"] and "K1" in r.json()["secrets"]
+        assert "proxied-real-value" not in r.text
+        assert code(c.get("/v1/secrets/billing/dev/PROXIED")) == "proxy_only"
 
 
 def test_validation_and_error_shapes(live: Live) -> None:

@@ -31,6 +31,7 @@ from keybroker.errors import (
     EnvironmentNotFound,
     InvalidInput,
     KeybrokerError,
+    PermissionDenied,
     ProjectNotFound,
     ReferenceCycle,
     ReferenceMissing,
@@ -841,11 +842,17 @@ class SecretService:
     def export(
         self, principal: Principal, scope: Scope, *, permission: str = "read", action: str = "secret.export"
     ) -> dict[str, SecretValue]:
-        """Every live secret of the scope with its current value (references resolved)."""
+        """Every live secret of the scope that the reader may read, with its current value
+        (references resolved). Proxy-only secrets and key pairs are left out; so are names the
+        reader's scope does not cover (a token limited to ``db/*`` exports only those)."""
         out: dict[str, SecretValue] = {}
         for m in self.list_secrets(principal, scope):
             if m.current_version is None or m.kind == "keypair" or m.proxy_only:
                 continue  # proxy-only values never leave in bulk: the gateway is their only way out
+            try:
+                self.authorizer.authorize(principal, permission, scope, m.name)
+            except PermissionDenied:
+                continue
             try:
                 out[m.name] = self.get(principal, scope, m.name, action=action, permission=permission).value
             except (VersionNotFound, ProxyOnly):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keybroker.core import Scope
 from keybroker.core._dotenv import parse_dotenv
 from keybroker.core._rbac import AuthPrincipal
-from keybroker.errors import InvalidInput, KeybrokerError, PermissionDenied, VersionNotFound
+from keybroker.errors import InvalidInput, KeybrokerError, PermissionDenied
 from keybroker.server._auth import Caller, Kb
 from keybroker.server._errors import ERROR_RESPONSES
 from keybroker.server._params import NAME_RX, SCOPE_RX, EnvP, NameP, ProjectP
@@ -314,18 +314,7 @@ def export_secrets(
     project: ProjectP, env: EnvP, kb: Kb, p: Caller, format: Literal["json", "dotenv"] = "json"
 ) -> Response:
     scope = scope_of(p, project, env)
-    values: dict[str, str] = {}
-    for m in kb.secrets.list_secrets(p, scope):
-        if (
-            m.current_version is None
-            or m.kind == "keypair"
-            or not kb.authorizer.allows(p, "read", scope, m.name)
-        ):
-            continue
-        try:
-            values[m.name] = kb.secrets.get(p, scope, m.name, action="secret.export").value.reveal()
-        except VersionNotFound:
-            continue
+    values = {k: v.reveal() for k, v in kb.secrets.export(p, scope).items()}
     if format == "json":
         return JSONResponse({"secrets": values})
     lines = []
