@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from keybroker.core import Principal, Scope, SecretMeta, SecretRead, SecretService, VersionMeta
 from keybroker.crypto import SecretValue
-from keybroker.errors import InvalidInput, NotFound, PermissionDenied, ProxyOnly
+from keybroker.errors import InvalidInput
 
 if TYPE_CHECKING:
     from keybroker.client import Client
@@ -337,22 +337,9 @@ class RemoteBackend:
         self.client.destroy(name, versions, project=scope.project, environment=scope.environment)
 
     def export(self, scope: Scope, *, for_use: bool = False) -> dict[str, SecretValue]:
-        # the server audits the export itself (for `run` as well as `export`)
-        try:
-            return self.client.export(project=scope.project, environment=scope.environment)
-        except ProxyOnly:
-            pass
-        # a server that refuses the whole export over a proxy-only secret: read the others one
-        # by one (each read audited there); proxy-only values never come back
-        out: dict[str, SecretValue] = {}
-        for m in self.list_secrets(scope):
-            if m.current_version is None or m.kind == "keypair" or m.proxy_only:
-                continue
-            try:
-                out[m.name] = self.get(scope, m.name, version=None, label=None, resolve=True).value
-            except (ProxyOnly, PermissionDenied, NotFound):
-                continue  # (ProxyOnly: a reference to a proxy-only secret)
-        return out
+        # the server audits the export itself (for `run` as well as `export`) and, like core,
+        # leaves proxy-only secrets out
+        return self.client.export(project=scope.project, environment=scope.environment)
 
     def proxy_env(
         self, scope: Scope, names: Iterable[str], *, ttl_s: int, gateway_url: str | None
