@@ -225,25 +225,28 @@ class UseRecorder:
 
     def _write(self, batch: list[UseRecord]) -> None:
         deltas: dict[str, UsageDelta] = {}
+        for rec in batch:
+            if rec.token_id and (rec.requests or rec.tokens):
+                d = deltas.get(rec.token_id)
+                at = rec.at or datetime.now().astimezone()
+                if d is None:
+                    deltas[rec.token_id] = UsageDelta(rec.token_id, rec.requests, rec.tokens, at)
+                else:
+                    deltas[rec.token_id] = UsageDelta(
+                        rec.token_id,
+                        d.requests + rec.requests,
+                        d.tokens + rec.tokens,
+                        max(d.last_used_at, at),
+                    )
         with self.store.begin() as conn:
+            # Lock order, as everywhere in keybroker: the rows an operation changes first (here the
+            # proxy tokens, in a stable order), the audit chain head last. Taking the head first
+            # deadlocked on PostgreSQL against a session ending (tokens, then audit).
+            if deltas:
+                self.tokens.add_usage(conn, [deltas[k] for k in sorted(deltas)])
             self.audit.append_many(
                 conn, [(r.principal, "gateway.use", r.target, r.result, None, r.detail, None) for r in batch]
             )
-            for rec in batch:
-                if rec.token_id and (rec.requests or rec.tokens):
-                    d = deltas.get(rec.token_id)
-                    at = rec.at or datetime.now().astimezone()
-                    if d is None:
-                        deltas[rec.token_id] = UsageDelta(rec.token_id, rec.requests, rec.tokens, at)
-                    else:
-                        deltas[rec.token_id] = UsageDelta(
-                            rec.token_id,
-                            d.requests + rec.requests,
-                            d.tokens + rec.tokens,
-                            max(d.last_used_at, at),
-                        )
-            if deltas:
-                self.tokens.add_usage(conn, deltas.values())
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything recorded so far is durable. False on timeout or failure."""
