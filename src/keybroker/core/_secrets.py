@@ -127,7 +127,9 @@ class SecretService:
         expired = row.expires_at is not None and row.expires_at <= now
         due = False
         if row.rotation_period_s and row.current_version is not None:
-            due = row.updated_at + timedelta(seconds=int(row.rotation_period_s)) <= now
+            # counted from when the current value became current, not from any metadata edit
+            since = row.current_since or row.updated_at
+            due = since + timedelta(seconds=int(row.rotation_period_s)) <= now
         return SecretMeta(
             scope=scope,
             name=row.name,
@@ -358,7 +360,7 @@ class SecretService:
         )
         upd: dict[str, Any] = {"latest_version": version, "updated_at": now}
         if label == "current":
-            upd.update(current_version=version, previous_version=current)
+            upd.update(current_version=version, previous_version=current, current_since=now)
             if row is not None and row.pending_version is not None:
                 upd["pending_version"] = None
         else:
@@ -534,6 +536,7 @@ class SecretService:
                     previous_version=row.current_version,
                     pending_version=None,
                     updated_at=self.clock.now(),
+                    current_since=self.clock.now(),
                 )
             )
             self.audit.append(

@@ -136,6 +136,7 @@ secrets = sa.Table(
     sa.Column("deleted_at", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("current_since", UTCDateTime, nullable=True),
     sa.UniqueConstraint("environment_id", "name", name="uq_kb_secrets_env_name"),
 )
 
