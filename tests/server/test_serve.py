@@ -113,6 +113,7 @@ def test_first_run_then_restart(tmp_path: Path, procs: list[Proc]) -> None:
     assert token.startswith("kbt_")
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert stat.S_IMODE((home / "root.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700  # the vault file's directory is private
     with httpx.Client(base_url=p.url, headers={"X-Vault-Token": token}) as c:
         assert c.put("/v1/secrets/default/dev/K", json={"value": "persisted-value"}).status_code == 200
         # serve mounts everything: agent access API, the gateway under /gw and MCP under /mcp

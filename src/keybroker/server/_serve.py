@@ -89,6 +89,9 @@ def new_root_token(vault: Vault, settings: ServerSettings) -> Path:
 
 def prepare_vault(settings: ServerSettings, echo: Callable[[str], None], *, new_root: bool = False) -> Vault:
     """Open the vault; initialise it (embedded default, or ``auto_init``) or unseal it."""
+    if settings.embedded:
+        # the vault file, its WAL, the root key and the root token live here: keep it private
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     vault = _build_vault(settings, None)
     source = root_source(settings)
     me = local_principal("serve")
