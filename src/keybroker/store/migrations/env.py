@@ -12,10 +12,6 @@ engine = config.attributes.get("engine")
 if engine is None:
     engine = sa.create_engine(config.get_main_option("sqlalchemy.url") or "sqlite://")
 
-if engine.dialect.name == "sqlite":
-    # our BEGIN IMMEDIATE hook is on; alembic's own transaction is enough
-    pass
-
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
     with context.begin_transaction():
